@@ -1,0 +1,174 @@
+"""Reading and writing checkpoint files safely.
+
+torch >= 2.6 loads with ``weights_only=True``; mmengine 0.10 saves a few non-tensor objects
+(its ``HistoryBuffer`` in the message hub, numpy arrays, dtypes and scalars). Rather than
+switching the safety off, the exact types mmengine writes are allow-listed once, at
+``import soma``, with :func:`torch.serialization.add_safe_globals`. Loading never
+unpickles anything else, so a checkpoint from an untrusted source cannot run code.
+
+Writers are atomic: data goes to a temporary file in the target folder, which is renamed
+onto the target only when writing succeeded, so a crash never leaves a half-written file.
+"""
+import contextlib
+import json
+import os
+import os.path as osp
+import pickle
+import tempfile
+
+import numpy as np
+import torch
+
+__all__ = [
+    'CheckpointError', 'allow_mmengine_checkpoint_types', 'load_checkpoint_file',
+    'save_checkpoint_file', 'atomic_output', 'get_state_dict'
+]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file and the fault."""
+
+
+def _numpy_safe_globals():
+    from numpy.core import multiarray  # numpy 2 keeps this path as an alias of _core
+    types = [np.ndarray, np.dtype]
+    # register each function under both module paths: numpy 1 pickles name
+    # numpy.core.multiarray, numpy 2 pickles name numpy._core.multiarray
+    for fn in (multiarray._reconstruct, multiarray.scalar):
+        for module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
+            types.append((fn, f'{module}.{fn.__name__}'))
+    for name in ('bool_', 'int8', 'int16', 'int32', 'int64', 'uint8', 'uint16', 'uint32',
+                 'uint64', 'float16', 'float32', 'float64', 'complex64', 'complex128'):
+        types.append(type(np.dtype(getattr(np, name))))
+    return types
+
+
+def _history_buffer_method(obj, name):
+    """Stand-in for ``getattr`` when unpickling: only a HistoryBuffer's statistics methods.
+
+    mmengine pickles ``HistoryBuffer._statistics_methods`` as ``getattr(HistoryBuffer, 'min')``
+    and so on; the real ``getattr`` would let a crafted file reach any attribute, so the
+    pickle name ``__builtin__.getattr`` is bound to this narrow function instead.
+    """
+    from mmengine.logging.history_buffer import HistoryBuffer
+    # the statistics methods: public functions defined on HistoryBuffer itself
+    allowed = {k for k, v in vars(HistoryBuffer).items() if callable(v) and not k.startswith('_')}
+    owner_ok = obj is HistoryBuffer or isinstance(obj, HistoryBuffer)
+    if not owner_ok or not isinstance(name, str) or name not in allowed:
+        raise pickle.UnpicklingError(
+            f'refusing getattr({type(obj).__name__}, {name!r}) while loading a checkpoint')
+    return getattr(obj, name)
+
+
+def allow_mmengine_checkpoint_types():
+    """Allow-list the (data-only) types that mmengine 0.10 puts into checkpoints."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+    torch.serialization.add_safe_globals(
+        [HistoryBuffer, (_history_buffer_method, '__builtin__.getattr'),
+         (_history_buffer_method, 'builtins.getattr')] + _numpy_safe_globals())
+
+
+allow_mmengine_checkpoint_types()
+
+
+def load_checkpoint_file(path, map_location='cpu'):
+    """Load a ``.pth``/``.bin`` (weights-only unpickling) or ``.safetensors`` file.
+
+    Returns the stored dict. A safetensors file gives ``{'state_dict': tensors, 'meta':
+    metadata}`` with the metadata decoded from json. Raises :class:`CheckpointError` or
+    :class:`FileNotFoundError` with a one-line message naming the file.
+    """
+    path = os.fspath(path)
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    if not os.access(path, os.R_OK):
+        raise CheckpointError(f'checkpoint is not readable: {path}')
+    if path.endswith('.safetensors'):
+        return _load_safetensors(path, map_location)
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()
+        reason = next((line for line in first if 'Unsupported global' in line
+                       or 'Can only build' in line or 'refusing' in line),
+                      first[0] if first else 'unpickling failed')
+        raise CheckpointError(
+            f'{path}: refusing to load, it holds objects that are not plain data '
+            f'({reason.strip()})') from None
+    except (RuntimeError, EOFError, OSError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f'{path}: not a readable torch checkpoint ({msg})') from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(
+            f'{path}: expected a dict (a state dict or a checkpoint), got {type(obj).__name__}')
+    return obj
+
+
+def _load_safetensors(path, map_location):
+    from safetensors import SafetensorError, safe_open
+    device = 'cpu' if map_location is None or callable(map_location) else str(map_location)
+    try:
+        with safe_open(path, framework='pt', device=device) as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f'{path}: not a readable safetensors file ({e})') from None
+    meta = {}
+    for key, value in metadata.items():
+        try:
+            meta[key] = json.loads(value)
+        except (TypeError, ValueError):
+            meta[key] = value
+    return {'state_dict': tensors, 'meta': meta}
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
+    path = os.fspath(path)
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.', suffix='.tmp', dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+
+
+def save_checkpoint_file(obj, path):
+    """Save atomically: torch format, or safetensors when ``path`` ends with it.
+
+    For safetensors, the tensors of ``obj['state_dict']`` (or of ``obj`` itself when it is
+    a flat dict of tensors) are stored, and ``obj['meta']`` as json metadata; other
+    entries (e.g. ``ema_state_dict``) are stored with an ``ema_state_dict.`` key prefix.
+    """
+    path = os.fspath(path)
+    with atomic_output(path) as tmp:
+        if path.endswith('.safetensors'):
+            _save_safetensors(obj, tmp)
+        else:
+            torch.save(obj, tmp)
+
+
+def _save_safetensors(obj, tmp):
+    from safetensors.torch import save_file
+    tensors = {}
+    for key, value in get_state_dict(obj).items():
+        tensors[key] = value.detach().contiguous()
+    for key, value in (obj.get('ema_state_dict') or {}).items():
+        if torch.is_tensor(value):
+            tensors[f'ema_state_dict.{key}'] = value.detach().contiguous()
+    meta = obj.get('meta') or {}
+    save_file(tensors, tmp, metadata={str(k): json.dumps(v) for k, v in meta.items()})
+
+
+def get_state_dict(ckpt):
+    """The model state dict inside a checkpoint dict (``state_dict`` key, or the dict itself)."""
+    if isinstance(ckpt, dict) and isinstance(ckpt.get('state_dict'), dict):
+        return ckpt['state_dict']
+    if isinstance(ckpt, dict) and isinstance(ckpt.get('model'), dict):
+        return ckpt['model']
+    return ckpt
