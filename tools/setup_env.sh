@@ -17,7 +17,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 VPY="$VENV/bin/python"
-pip_install() { "$VPY" -m pip install --disable-pip-version-check -q "$@"; }
+pip_install() { "$VPY" -m pip install --disable-pip-version-check -q "$@" 2>&1 | sed "/is ignored: it is neither a file nor a directory/d"; }
 
 if [ -f "$VENV/.soma-setup-ok" ] && [ "$VENV/.soma-setup-ok" -nt requirements/runtime.txt ] \
    && [ "$VENV/.soma-setup-ok" -nt setup.py ] && [ "$VENV/.soma-setup-ok" -nt tools/setup_env.sh ] \

@@ -1,1 +1,1 @@
-
+from .dinov2 import DinoVisionTransformer  # noqa: F401
