@@ -1,0 +1,30 @@
+"""SYNTHIA (RAND-CITYSCAPES) 16-bit labels -> Cityscapes trainIds (+ class statistics).
+
+See docs/datasets.md.
+
+    python tools/convert_datasets/synthia.py data/synthia --nproc 8
+"""
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
+
+from soma.datasets.convert.common import default_nproc, run_cli  # noqa: E402
+from soma.datasets.convert.synthia import convert_synthia  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description='Convert SYNTHIA labels to Cityscapes trainIds')
+    parser.add_argument('synthia_path', help='SYNTHIA root holding RGB/ and GT/LABELS/')
+    parser.add_argument('--gt-dir', default='GT/LABELS', help='label folder inside synthia_path')
+    parser.add_argument('-o', '--out-dir', help='output root (default: synthia_path)')
+    parser.add_argument('--nproc', type=int, default=default_nproc(), help='processes')
+    parser.add_argument('--overwrite', action='store_true', help='redo existing outputs')
+    args = parser.parse_args(argv)
+    return run_cli(convert_synthia, root=args.synthia_path, out_dir=args.out_dir,
+                   gt_dir=args.gt_dir, nproc=args.nproc, overwrite=args.overwrite)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
