@@ -1,1 +1,3 @@
 
+from .dg_iou_metric import DGIoUMetric  # noqa: F401
+from .dg_voc_metric import DGVOCMetric  # noqa: F401

@@ -1,0 +1,32 @@
+# Runtime shared by the detection (DGOD) configs: mmdet scope, hooks, logging, visualisation.
+default_scope = 'mmdet'
+custom_imports = dict(imports=['soma'], allow_failed_imports=False)
+
+env_cfg = dict(
+    cudnn_benchmark=False,
+    mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+    dist_cfg=dict(backend='nccl'),
+)
+vis_backends = [dict(type='LocalVisBackend')]
+visualizer = dict(type='DetLocalVisualizer', vis_backends=vis_backends, name='visualizer')
+log_processor = dict(by_epoch=False)
+log_level = 'INFO'
+load_from = None
+resume = False
+randomness = dict(seed=42)
+
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=4000, max_keep_ckpts=8),
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+    visualization=dict(type='DetVisualizationHook'),
+)
+custom_hooks = [
+    dict(type='WeightDecayLoggingHook', interval=50),
+    dict(type='SoMAMetaHook'),
+]
+# Not every head takes part in every step (e.g. the mask token, the denoising label
+# embedding without targets): DDP must be told.
+find_unused_parameters = True

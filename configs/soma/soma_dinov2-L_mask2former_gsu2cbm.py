@@ -1,0 +1,9 @@
+# SoMA, DINOv2-L + Mask2Former, GTAV + Synthia + UrbanSyn -> Cityscapes, BDD100K, Mapillary,
+# crop 512, batch 4, 40k iterations, no EMA. Paper: mIoU avg 71.68.
+_base_ = [
+    '../_base_/datasets/dg_gsu2cbm_512x512.py',
+    '../_base_/default_runtime.py',
+    '../_base_/models/dinov2_mask2former.py',
+    '../_base_/schedules/soma_40k.py',
+]
+train_dataloader = dict(batch_size=4)

@@ -1,0 +1,22 @@
+# SoMA, DINOv2-L + Mask2Former, GTAV + Synthia + UrbanSyn -> Cityscapes, BDD100K, Mapillary,
+# crop 1024, batch 4, 40k iterations, EMA from 16k, slide stride 683. Paper: mIoU avg 73.12.
+_base_ = [
+    '../_base_/datasets/dg_gsu2cbm_1024x1024.py',
+    '../_base_/default_runtime.py',
+    '../_base_/models/dinov2_mask2former.py',
+    '../_base_/schedules/soma_40k.py',
+]
+crop_size = (1024, 1024)
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(
+        img_size=1024,
+        init_cfg=dict(checkpoint='checkpoints/dinov2_sora_converted_1024x1024.pth')),
+    test_cfg=dict(crop_size=crop_size, stride=(683, 683)),
+)
+train_dataloader = dict(batch_size=4)
+custom_hooks = [
+    dict(type='WeightDecayLoggingHook', interval=50),
+    dict(type='SoMAMetaHook'),
+    dict(type='EMAHook', begin_iter=16000, priority='NORMAL'),
+]

@@ -1,0 +1,143 @@
+"""Inference speed of a SoMA segmentor: adapters unmerged, merged, and the plain backbone.
+
+Three copies of the same model are timed in one run, round-robin (so drifts of the machine
+hit all three alike), on a random ``batch x 3 x H x W`` input, ``model(x, mode='tensor')``
+(backbone + head network, no sliding window, no post-processing):
+
+* ``unmerged``: the SoMA layers as trained (``x W^T + b + s (x A^T) B^T``);
+* ``merged``: ``SoMAModel.merge_and_unload()``: ``B @ A`` folded in, plain ``nn.Linear``;
+* ``plain``: the same network with plain ``nn.Linear`` layers holding the frozen weights
+  (what DINOv2 without SoMA costs).
+
+Merging adds no inference cost, so ``merged / plain`` should be ~1.0 (>= 0.98); the
+merged model has exactly the plain model's layers (``merged_same_layers_as_plain``). FPS
+figures use the fastest of the ``repeat`` runs of each model (robust to a busy machine);
+``fps_median`` and every run's time are in the result too.
+"""
+import copy
+import json
+import os
+import os.path as osp
+import statistics
+import time
+
+import torch
+from torch import nn
+
+__all__ = ['merged_copy', 'plain_copy', 'time_models', 'benchmark']
+
+
+def _soma_linear_cls():
+    from soma.peft.layer import SoMALinear
+    return SoMALinear
+
+
+def _backbone_wrapper(model):
+    from soma.peft.model import SoMAModel
+    backbone = getattr(model, 'backbone', None)
+    if not isinstance(backbone, SoMAModel):
+        raise ValueError(f'{type(model).__name__}.backbone is not a SoMA-wrapped backbone '
+                         f'(set backbone.lora_cfg and use PEFTBackboneEncoderDecoder)')
+    return backbone
+
+
+def merged_copy(model):
+    """An eval-mode copy whose backbone has the adapters merged and unloaded (plain nn.Linear).
+
+    Its backbone is the bare ViT, so do not call ``train()``/``eval()`` on the PEFT
+    segmentor copy (they re-apply SoMA's freezing, which needs the wrapper).
+    """
+    merged = copy.deepcopy(model).eval()  # eval first: the PEFT segmentor's train() re-freezes
+    merged.backbone = _backbone_wrapper(merged).merge_and_unload()
+    return merged
+
+
+def plain_copy(model):
+    """A copy whose backbone holds plain nn.Linear layers with the frozen weights only."""
+    plain = copy.deepcopy(model).eval()
+    inner = _backbone_wrapper(plain).model
+    soma_linear = _soma_linear_cls()
+    for name, module in list(inner.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, soma_linear):
+                linear = nn.Linear(child.in_features, child.out_features,
+                                   bias=child.bias is not None, device=child.weight.device,
+                                   dtype=child.weight.dtype)
+                with torch.no_grad():
+                    linear.weight.copy_(child.weight)
+                    if child.bias is not None:
+                        linear.bias.copy_(child.bias)
+                setattr(module, child_name, linear)
+    plain.backbone = inner
+    return plain
+
+
+def _count(module, cls):
+    return sum(isinstance(m, cls) for m in module.modules())
+
+
+def time_models(models, inputs, repeat=10, warmup=2):
+    """Round-robin timing; ``{name: [seconds per forward, one per repeat]}``."""
+    sync = torch.cuda.synchronize if inputs.is_cuda else (lambda: None)
+    times = {name: [] for name in models}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for model in models.values():
+                model(inputs, mode='tensor')
+        sync()
+        for _ in range(repeat):
+            for name, model in models.items():
+                sync()
+                start = time.perf_counter()
+                model(inputs, mode='tensor')
+                sync()
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _structure(module):
+    return [type(m).__name__ for m in module.modules()]
+
+
+def benchmark(model, shape=(512, 512), batch=1, repeat=10, warmup=2, out=None, device=None):
+    """FPS of ``model`` unmerged / merged / plain; writes json to ``out`` when given.
+
+    ``model``: a built SoMA segmentor (e.g. from :func:`soma.apis.inference.init_model`).
+    Returns the result dict (``fps``, ratios, shapes, the largest output difference between
+    merged and unmerged).
+    """
+    from soma.utils.checkpoint_io import atomic_output
+    device = device or next(model.parameters()).device
+    model = model.to(device).eval()
+    models = {'unmerged': model, 'merged': merged_copy(model), 'plain': plain_copy(model)}
+    soma_linear = _soma_linear_cls()
+    leftover = _count(models['merged'], soma_linear)
+    if leftover:
+        raise RuntimeError(f'merge_and_unload left {leftover} SoMA layers in the model')
+    h, w = shape
+    inputs = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.inference_mode():
+        diff = (models['merged'](inputs, mode='tensor')
+                - model(inputs, mode='tensor')).abs().max().item()
+    times = time_models(models, inputs, repeat, warmup)
+    best = {name: min(t) for name, t in times.items()}
+    median = {name: statistics.median(t) for name, t in times.items()}
+    fps = {name: batch / s for name, s in best.items()}
+    result = dict(
+        fps=fps,
+        fps_median=({name: batch / s for name, s in median.items()}),
+        seconds_per_forward=times,
+        ratio_merged_vs_plain=fps['merged'] / fps['plain'],
+        ratio_unmerged_vs_plain=fps['unmerged'] / fps['plain'],
+        ratio_merged_vs_plain_median=median['plain'] / median['merged'],
+        merged_same_layers_as_plain=_structure(models['merged']) == _structure(models['plain']),
+        max_abs_diff_merged_vs_unmerged=diff,
+        soma_layers=_count(model, soma_linear),
+        params=sum(p.numel() for p in model.parameters()),
+        shape=[h, w], batch=batch, repeat=repeat, warmup=warmup, device=str(device),
+        torch=torch.__version__, threads=torch.get_num_threads())
+    if out:
+        os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
+        with atomic_output(out) as tmp, open(tmp, 'w') as f:
+            json.dump(result, f, indent=2)
+    return result

@@ -1,0 +1,224 @@
+"""Build a segmentor from a config, load (adapter) weights through the checks, and run it.
+
+    model = init_model('configs/soma/soma_dinov2-L_mask2former.py',
+                       'checkpoints/soma_checkpoints/soma_dinov2-L_g2cbm_best.pth',
+                       backbone='checkpoints/dinov2_sora_converted.pth')
+    result = inference_model(model, 'demo.png')          # SegDataSample
+    paths = visualize(model, ['a.png', 'b.png'], 'work_dirs/vis')
+
+Weights load through :func:`soma.apis.checkpoint.load_soma_checkpoint`: an adapter-only
+checkpoint needs ``backbone`` (a converted DINOv2) and gets a clear error otherwise.
+"""
+import copy
+import os
+import os.path as osp
+
+import numpy as np
+import torch
+
+__all__ = ['init_model', 'inference_model', 'test_pipeline_of', 'colorize', 'visualize',
+           'CITYSCAPES_PALETTE']
+
+# Cityscapes train-id palette (19 classes), RGB
+CITYSCAPES_PALETTE = [
+    [128, 64, 128], [244, 35, 232], [70, 70, 70], [102, 102, 156], [190, 153, 153],
+    [153, 153, 153], [250, 170, 30], [220, 220, 0], [107, 142, 35], [152, 251, 152],
+    [70, 130, 180], [220, 20, 60], [255, 0, 0], [0, 0, 142], [0, 0, 70], [0, 60, 100],
+    [0, 80, 100], [0, 0, 230], [119, 11, 32]]
+
+
+def _load_config(config, cfg_options=None):
+    from mmengine.config import Config
+    if isinstance(config, (str, os.PathLike)):
+        if not osp.isfile(config):
+            raise FileNotFoundError(f'config not found: {config}')
+        cfg = Config.fromfile(os.fspath(config))
+    elif isinstance(config, Config):
+        cfg = copy.deepcopy(config)
+    elif isinstance(config, dict):
+        cfg = Config(copy.deepcopy(config))
+    else:
+        raise TypeError(f'config must be a path, a Config or a dict, got {type(config).__name__}')
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def _dataset_meta(ckpt, num_classes):
+    meta = (ckpt or {}).get('meta') or {}
+    if isinstance(meta.get('dataset_meta'), dict) and meta['dataset_meta'].get('classes'):
+        dataset_meta = dict(meta['dataset_meta'])
+        dataset_meta.setdefault('palette', _palette(len(dataset_meta['classes'])))
+        return dataset_meta
+    if num_classes == len(CITYSCAPES_PALETTE):
+        from mmseg.utils import get_classes
+        return dict(classes=tuple(get_classes('cityscapes')), palette=CITYSCAPES_PALETTE)
+    return dict(classes=tuple(f'class_{i}' for i in range(num_classes)),
+                palette=_palette(num_classes))
+
+
+def _palette(n):
+    palette = [list(c) for c in CITYSCAPES_PALETTE[:n]]
+    rng = np.random.RandomState(42)
+    while len(palette) < n:
+        palette.append(rng.randint(0, 256, 3).tolist())
+    return palette
+
+
+def init_model(config, checkpoint=None, device='cpu', backbone=None, cfg_options=None):
+    """Build the segmentor of ``config`` (mmseg scope) and load its weights.
+
+    Args:
+        config: config path, ``mmengine.Config`` or dict.
+        checkpoint: full or adapter + head checkpoint (``.pth``/``.safetensors``); checked
+            against the model first (:func:`soma.apis.checkpoint.check_checkpoint_for_model`).
+        device: where the model goes.
+        backbone: converted DINOv2 checkpoint, merged into an adapter-only ``checkpoint``;
+            without ``checkpoint`` it initialises the backbone (and the adapters) and leaves
+            the head random.
+        cfg_options: overrides merged into the config.
+    Returns:
+        The model in eval mode, with ``model.cfg`` and ``model.dataset_meta``.
+    """
+    import soma  # noqa: F401  (registers the modules)
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    from soma.apis.checkpoint import load_soma_checkpoint
+    cfg = _load_config(config, cfg_options)
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.pop('pretrained', None)
+    model_cfg['train_cfg'] = None
+    backbone_cfg = model_cfg.get('backbone') or {}
+    if checkpoint is not None or backbone is None:
+        backbone_cfg['init_cfg'] = None  # weights come from the checkpoint (or stay random)
+    else:
+        backbone_cfg['init_cfg'] = dict(type='Pretrained', checkpoint=os.fspath(backbone))
+    model = MODELS.build(model_cfg)
+    ckpt = None
+    if checkpoint is not None:
+        ckpt = load_soma_checkpoint(model, checkpoint, backbone=backbone, cfg=cfg)
+    else:
+        model.init_weights()
+    if torch.device(device).type == 'cpu':
+        model = revert_sync_batchnorm(model)
+    model.cfg = cfg
+    num_classes = getattr(getattr(model, 'decode_head', None), 'num_classes', 19)
+    model.dataset_meta = _dataset_meta(ckpt, num_classes)
+    model.to(device)
+    model.eval()
+    return model
+
+
+def _find_pipeline(node):
+    """The first ``pipeline`` in a (possibly concatenated) dataset config."""
+    if isinstance(node, dict):
+        if node.get('pipeline'):
+            return node['pipeline']
+        for child in ([node.get('dataset')] + list(node.get('datasets') or [])):
+            found = _find_pipeline(child)
+            if found:
+                return found
+    return None
+
+
+def test_pipeline_of(cfg, for_arrays=False):
+    """The inference pipeline: ``cfg.test_pipeline``, else the test dataset's, without labels."""
+    pipeline = cfg.get('test_pipeline') or _find_pipeline(
+        (cfg.get('test_dataloader') or {}).get('dataset')) or [
+            dict(type='LoadImageFromFile'), dict(type='PackSegInputs')]
+    pipeline = [dict(t) for t in copy.deepcopy(pipeline) if t.get('type') != 'LoadAnnotations']
+    if for_arrays:
+        pipeline[0]['type'] = 'LoadImageFromNDArray'
+    return pipeline
+
+
+def _tta_pipeline(cfg, for_arrays=False):
+    default = [dict(type='LoadImageFromFile'), dict(
+        type='TestTimeAug',
+        transforms=[[dict(type='RandomFlip', prob=0., direction='horizontal'),
+                     dict(type='RandomFlip', prob=1., direction='horizontal')],
+                    [dict(type='PackSegInputs')]])]
+    pipeline = copy.deepcopy(cfg.get('tta_pipeline') or default)
+    pipeline = [dict(t) for t in pipeline]
+    for t in pipeline:
+        if t.get('type') == 'TestTimeAug':
+            t['transforms'] = [[a for a in group if a.get('type') != 'LoadAnnotations']
+                               for group in t['transforms']]
+            t['transforms'] = [g for g in t['transforms'] if g]
+    if for_arrays:
+        pipeline[0]['type'] = 'LoadImageFromNDArray'
+    return pipeline
+
+
+def inference_model(model, images, tta=False):
+    """Predict image files or HxWx3 BGR arrays; one ``SegDataSample`` or a list of them.
+
+    ``tta``: average the softmax over the config's ``tta_pipeline`` (multi-scale + flip; a
+    flip-only default when the config has none) with mmseg's ``SegTTAModel``.
+    """
+    from mmengine.dataset import Compose, pseudo_collate
+    from mmseg.registry import MODELS
+    is_batch = isinstance(images, (list, tuple))
+    images = list(images) if is_batch else [images]
+    for img in images:
+        if not isinstance(img, np.ndarray) and not osp.isfile(img):
+            raise FileNotFoundError(f'image not found: {img}')
+    arrays = isinstance(images[0], np.ndarray)
+    cfg = model.cfg
+    pipeline = Compose(_tta_pipeline(cfg, arrays) if tta else test_pipeline_of(cfg, arrays))
+    runner = MODELS.build(dict(type='SegTTAModel', module=model)) if tta else model
+    results = []
+    for img in images:  # one at a time: images of different sizes cannot share a batch
+        sample = pipeline(dict(img=img) if arrays else dict(img_path=img))
+        data = pseudo_collate([sample]) if tta else dict(
+            inputs=[sample['inputs']], data_samples=[sample['data_samples']])
+        with torch.no_grad():
+            results.extend(runner.test_step(data))
+    return results if is_batch else results[0]
+
+
+def colorize(label, palette):
+    """HxW label map -> HxWx3 uint8 RGB with ``palette`` (ignored/unknown ids black)."""
+    palette = np.asarray(palette, dtype=np.uint8)
+    label = np.asarray(label)
+    out = np.zeros(label.shape + (3,), dtype=np.uint8)
+    valid = (label >= 0) & (label < len(palette))
+    out[valid] = palette[label[valid]]
+    return out
+
+
+def visualize(model, images, save_dir, tta=False, palette=None, progress=True):
+    """Write ``<save_dir>/<image stem>.png``: the input and its colour-coded prediction side
+    by side (Cityscapes palette unless the checkpoint named another). Returns the paths."""
+    import cv2
+    import mmcv
+    from mmengine.utils import ProgressBar
+
+    from soma.utils.checkpoint_io import atomic_output
+    palette = palette or model.dataset_meta.get('palette') or CITYSCAPES_PALETTE
+    for img in images:
+        if not osp.isfile(img):
+            raise FileNotFoundError(f'image not found: {img}')
+    os.makedirs(save_dir, exist_ok=True)
+    bar = ProgressBar(len(images)) if progress else None
+    paths = []
+    for img in images:
+        result = inference_model(model, img, tta=tta)
+        rgb = mmcv.imread(img, channel_order='rgb')
+        label = result.pred_sem_seg.data[0].cpu().numpy()
+        side_by_side = np.concatenate([rgb, colorize(label, palette)], axis=1)
+        path = osp.join(save_dir, osp.splitext(osp.basename(img))[0] + '.png')
+        ok, png = cv2.imencode('.png', np.ascontiguousarray(side_by_side[..., ::-1]))
+        if not ok:
+            raise RuntimeError(f'could not encode {path}')
+        with atomic_output(path) as tmp, open(tmp, 'wb') as f:
+            f.write(png.tobytes())
+        paths.append(path)
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        print()
+    return paths

@@ -1,0 +1,130 @@
+"""Evaluation entry point (``tools/test.py``) over mmengine's Runner.
+
+    python tools/test.py CONFIG CHECKPOINT [--backbone CONVERTED] [--tta] [--out DIR]
+                         [--show-dir DIR] [--work-dir DIR] [--cfg-options k=v ...]
+                         [--launcher pytorch]
+
+The checkpoint is read with ``soma.utils.checkpoint_io`` (weights-only; ``.pth`` or
+``.safetensors``) and checked against the model built from the config before it is loaded
+(:func:`soma.apis.checkpoint.load_soma_checkpoint`: one-line errors for a checkpoint of
+another architecture, resolution or adapter rank). ``--backbone``: an adapter/head-only
+checkpoint (a released ``soma_dinov2-L_*_best.pth`` or one extracted from this project) is
+merged with the converted backbone (its keys go under ``backbone.model.``) when loaded,
+respecting the adapter semantics it records. ``--show-dir``: coloured predictions (next to
+the ground truth) are written under ``DIR/vis_data/vis_image/`` (segmentation) or to
+``DIR`` (detection). ``--out``: predicted label maps as PNG files in ``DIR`` (segmentation)
+or a ``.pkl`` of the results (detection).
+"""
+import argparse
+
+from soma.apis.launch import check_data_roots, load_config, run_cli, set_work_dir, setup_launcher
+
+__all__ = ['parse_args', 'build_test_config', 'test', 'main']
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+    parser = argparse.ArgumentParser(description='Test a SoMA segmentor/detector')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file (full, or adapter+head with '
+                                           '--backbone)')
+    parser.add_argument('--backbone', help='converted DINOv2 backbone merged into the checkpoint')
+    parser.add_argument('--tta', action='store_true', help='test-time augmentation '
+                                                           '(tta_model/tta_pipeline of the config)')
+    parser.add_argument('--out', help='segmentation: folder for predicted label PNGs; '
+                                      'detection: results .pkl file')
+    parser.add_argument('--show-dir', help='folder for coloured prediction images')
+    parser.add_argument('--show', action='store_true', help='show predictions in a window')
+    parser.add_argument('--wait-time', type=float, default=2, help='--show interval (s)')
+    parser.add_argument('--work-dir', help='folder for the logs and metrics')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def _is_det(cfg):
+    return cfg.get('default_scope') == 'mmdet'
+
+
+def _leaf_datasets(dataset):
+    if 'datasets' in dataset:
+        return [leaf for d in dataset['datasets'] for leaf in _leaf_datasets(d)]
+    if 'dataset' in dataset:
+        return _leaf_datasets(dataset['dataset'])
+    return [dataset]
+
+
+def _enable_tta(cfg, config_path):
+    if not cfg.get('tta_model') or not cfg.get('tta_pipeline'):
+        raise ValueError(f'{config_path}: --tta needs tta_model and tta_pipeline in the config')
+    for dataset in _leaf_datasets(cfg.test_dataloader.dataset):
+        dataset['pipeline'] = cfg.tta_pipeline
+    cfg.tta_model.module = cfg.model
+    cfg.model = cfg.tta_model
+
+
+def _enable_visualization(cfg, args, config_path):
+    hook = cfg.get('default_hooks', {}).get('visualization')
+    if hook is None:
+        raise ValueError(f'{config_path}: --show/--show-dir need default_hooks.visualization')
+    hook['draw'] = True
+    hook['interval'] = 1  # every test image (mmseg's hook draws every 50th by default)
+    if args.show:
+        hook['show'] = True
+        hook['wait_time'] = args.wait_time
+    if args.show_dir:
+        if _is_det(cfg):
+            hook['test_out_dir'] = args.show_dir
+        else:
+            cfg.visualizer['save_dir'] = args.show_dir
+
+
+def build_test_config(args):
+    """The Config to test with from the parsed arguments (no Runner yet)."""
+    cfg = load_config(args.config, args.cfg_options, args.launcher)
+    set_work_dir(cfg, args.work_dir)
+    if args.show or args.show_dir:
+        _enable_visualization(cfg, args, args.config)
+    if args.tta:
+        _enable_tta(cfg, args.config)
+    if args.out and not _is_det(cfg):
+        evaluator = cfg.test_evaluator
+        for metric in evaluator if isinstance(evaluator, list) else [evaluator]:
+            metric['output_dir'] = args.out
+            metric['keep_results'] = True
+    elif args.out and not args.out.endswith(('.pkl', '.pickle')):
+        raise ValueError(f'--out must be a .pkl file for detection, got {args.out}')
+    cfg.load_from = None  # loaded (checked, merged) by test() instead
+    setup_launcher(cfg)
+    return cfg
+
+
+def test(args):
+    """Build the Runner, load the checkpoint (merged with ``--backbone``), test; return metrics."""
+    from mmengine.model import is_model_wrapper
+    from mmengine.runner import Runner
+
+    from soma.apis.checkpoint import load_soma_checkpoint
+    if not isinstance(args, argparse.Namespace):
+        args = parse_args(args)
+    cfg = build_test_config(args)
+    check_data_roots(cfg, ('test_dataloader', ))
+    runner = Runner.from_cfg(cfg)
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    if args.tta:
+        model = model.module
+    load_soma_checkpoint(model, args.checkpoint, backbone=args.backbone, cfg=cfg,
+                         config_path=args.config)
+    runner.logger.info(f'loaded {args.checkpoint}'
+                       + (f' merged with the backbone {args.backbone}' if args.backbone else ''))
+    if args.out and _is_det(cfg):
+        from mmdet.evaluation import DumpDetResults
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+    return runner.test()
+
+
+def main(argv=None):
+    return run_cli(test, parse_args(argv))

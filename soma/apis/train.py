@@ -1,0 +1,95 @@
+"""Training entry point (``tools/train.py``): mmseg/mmdet-like options over mmengine's Runner.
+
+    python tools/train.py CONFIG [--work-dir DIR] [--amp] [--resume [auto|PATH]]
+                          [--auto-scale-lr] [--cfg-options k=v ...] [--launcher pytorch]
+
+``--auto-scale-lr`` scales the learning rate of every parameter group linearly by
+``(GPUs x per-GPU batch) / base_batch_size`` (mmengine ``auto_scale_lr``), where
+``base_batch_size`` is the total batch the release trained with: the config's
+``auto_scale_lr.base_batch_size`` (4 for the 512 GTAV/Synthia/UrbanSyn configs and the
+1024 G+S+U configs, 8 for Cityscapes -> B,M, 8 = 2 x 4 GPUs for ACDC and for the detector);
+a config without one is taken to be a single-GPU recipe (its per-GPU batch). So on 2 GPUs
+with the per-GPU batch of a single-GPU release you get 2x the released learning rate.
+Without the flag the configured learning rate is used as is.
+"""
+import argparse
+import logging
+import os.path as osp
+
+from soma.apis.launch import check_data_roots, load_config, run_cli, set_work_dir, setup_launcher
+
+__all__ = ['parse_args', 'build_train_config', 'train', 'main']
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+    parser = argparse.ArgumentParser(description='Train a segmentor/detector with SoMA')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument('--amp', action='store_true', help='automatic mixed precision')
+    parser.add_argument(
+        '--resume', nargs='?', type=str, const='auto',
+        help='resume from the latest checkpoint of the work dir (no value or "auto") or '
+             'from the given checkpoint')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the lr by the actual total batch / the release batch')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def build_train_config(args):
+    """The Config to train from the parsed arguments (no Runner yet)."""
+    from mmengine.logging import print_log
+    cfg = load_config(args.config, args.cfg_options, args.launcher)
+    set_work_dir(cfg, args.work_dir)
+    if args.amp:
+        wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+        if wrapper == 'AmpOptimWrapper':
+            print_log('AMP is already enabled in the config', logger='current',
+                      level=logging.WARNING)
+        elif wrapper != 'OptimWrapper':
+            raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper, the config has '
+                             f'{wrapper}')
+        else:
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        if not osp.isfile(args.resume):
+            raise FileNotFoundError(f'--resume: checkpoint not found: {args.resume}')
+        cfg.resume = True
+        cfg.load_from = args.resume
+    if args.auto_scale_lr:
+        scale = cfg.get('auto_scale_lr') or {}
+        if 'base_batch_size' not in scale:
+            scale['base_batch_size'] = cfg.train_dataloader.batch_size
+            print_log(f'auto_scale_lr: the config has no base_batch_size; assuming a single-GPU '
+                      f'release, base_batch_size={scale["base_batch_size"]}', logger='current',
+                      level=logging.WARNING)
+        scale['enable'] = True
+        cfg.auto_scale_lr = scale
+    setup_launcher(cfg)
+    return cfg
+
+
+def train(args):
+    """Build the Runner from ``args`` (a Namespace or an argv list) and train; return it."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    if not isinstance(args, argparse.Namespace):
+        args = parse_args(args)
+    cfg = build_train_config(args)
+    check_data_roots(cfg, ('train_dataloader', 'val_dataloader'))
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    runner.train()
+    return runner
+
+
+def main(argv=None):
+    return run_cli(train, parse_args(argv))

@@ -1,0 +1,41 @@
+"""Singular-value spectra of the adapted layers of a converted DINOv2 (and a trained model).
+
+    python tools/analyze_spectrum.py checkpoints/dinov2_sora_converted.pth \
+        [--soma_ckpt checkpoints/soma_checkpoints/soma_dinov2-L_g2cbm_best.pth] \
+        [--r 16] [--out-dir work_dirs/spectrum]
+
+Writes ``spectrum_layers.csv`` (per layer: energy share of the minor r components, of the top
+r, and with --soma_ckpt the trained weight's share and relative change),
+``spectrum_blocks.csv`` (pooled per block), ``spectrum.png`` and ``minor_energy.png``.
+"""
+import argparse
+import sys
+
+
+def parse_args(argv=None):
+    from soma.peft.config import DEFAULT_TARGET_MODULES
+    parser = argparse.ArgumentParser(description='Spectrum analysis of DINOv2 layers')
+    parser.add_argument('converted', help='converted DINOv2 checkpoint')
+    parser.add_argument('--soma_ckpt', default=None, help='trained SoMA (adapter) checkpoint')
+    parser.add_argument('--r', type=int, default=16, help='number of minor components')
+    parser.add_argument('--out-dir', '--out_dir', dest='out_dir', default='work_dirs/spectrum')
+    parser.add_argument('--target_modules', nargs='+', default=list(DEFAULT_TARGET_MODULES))
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from soma.apis.spectrum import analyze_spectrum
+    try:
+        paths = analyze_spectrum(args.converted, args.soma_ckpt, r=args.r, out_dir=args.out_dir,
+                                 target_modules=args.target_modules)
+    except (ValueError, OSError, RuntimeError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    for path in paths.values():
+        print(path)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

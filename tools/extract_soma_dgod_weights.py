@@ -1,0 +1,39 @@
+"""Extract the SoMA adapter, neck and head weights of a trained detector (DGOD).
+
+    python tools/extract_soma_dgod_weights.py --final_ckpt work_dirs/x/iter_40000.pth \
+        --soma_ckpt checkpoints/soma_checkpoints/soma_dinov2-L_dgod.pth
+
+Keeps every key without ``backbone`` (neck, query/RPN/RoI/bbox heads) plus the mask token,
+the ``lora`` keys and the target biases; drops the EMA copy.
+"""
+import argparse
+import sys
+
+
+def parse_args(argv=None):
+    from soma.peft.config import DEFAULT_TARGET_MODULES
+    parser = argparse.ArgumentParser(description='Extract SoMA adapter + detector head weights')
+    parser.add_argument('--final_ckpt', required=True, help='trained full checkpoint')
+    parser.add_argument('--soma_ckpt', required=True, help='output (.pth or .safetensors)')
+    parser.add_argument('--target_modules', nargs='+', default=list(DEFAULT_TARGET_MODULES),
+                        help='target layer names whose biases are kept')
+    parser.add_argument('--semantics', choices=['residual', 'release'], default=None,
+                        help="override the semantics recorded in meta['soma']")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from soma.apis.checkpoint import extract_file
+    try:
+        path = extract_file(args.final_ckpt, args.soma_ckpt, args.target_modules, dgod=True,
+                            semantics=args.semantics)
+    except (ValueError, OSError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    print(f'adapter checkpoint written to {path}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

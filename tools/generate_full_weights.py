@@ -1,0 +1,43 @@
+"""Generate a full checkpoint for evaluation from a converted backbone and SoMA weights.
+
+    python tools/generate_full_weights.py --backbone_ckpt checkpoints/dinov2_sora_converted.pth \
+        --soma_ckpt checkpoints/soma_checkpoints/soma_dinov2-L_g2cbm_best.pth \
+        --out checkpoints/full/soma_dinov2-L_g2cbm_full.pth [--merge-adapters]
+
+Without ``--merge-adapters`` the output is the merged SoMA checkpoint (as
+``merge_soma_weights.py``), for the SoMA configs. With it, ``s * B @ A`` is folded into the
+weights and the adapters are dropped: a plain DINOv2 + head checkpoint (keys
+``backbone.<dinov2 key>``, ``decode_head.*``) for a config whose backbone has no
+``lora_cfg``; it needs no SoMA code and runs as fast as the plain backbone.
+"""
+import argparse
+import sys
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Generate full weights from backbone + SoMA')
+    parser.add_argument('--backbone_ckpt', required=True, help='converted DINOv2 checkpoint')
+    parser.add_argument('--soma_ckpt', required=True, help='adapter + head checkpoint')
+    parser.add_argument('--out', '--merged_ckpt', dest='out', required=True,
+                        help='output checkpoint (.pth or .safetensors)')
+    parser.add_argument('--merge-adapters', '--merge_adapters', dest='merge_adapters',
+                        action='store_true', help='fold the adapters into plain weights')
+    parser.add_argument('--device', default='cpu', help='device of the SVD re-initialisation')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from soma.apis.checkpoint import merge_file
+    try:
+        path = merge_file(args.backbone_ckpt, args.soma_ckpt, args.out,
+                          merge_adapters=args.merge_adapters, device=args.device)
+    except (ValueError, OSError, RuntimeError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    print(f'full checkpoint written to {path}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

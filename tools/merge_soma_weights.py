@@ -1,0 +1,41 @@
+"""Merge released SoMA adapter + head weights with a converted DINOv2 backbone.
+
+    python tools/merge_soma_weights.py \
+        --backbone_ckpt checkpoints/dinov2_sora_converted.pth \
+        --soma_ckpt checkpoints/soma_checkpoints/soma_dinov2-L_g2cbm_best.pth \
+        --merged_ckpt checkpoints/merged_checkpoints/soma_dinov2-L_g2cbm_best.pth
+
+The adapter may be a ``.pth`` or ``.safetensors`` file; released adapters ('release'
+semantics) and adapters extracted from this project's models ('residual' semantics, see
+``soma.apis.checkpoint``) are both handled. The output is written atomically.
+"""
+import argparse
+import sys
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Merge SoMA adapter weights with a backbone')
+    parser.add_argument('--backbone_ckpt', required=True, help='converted DINOv2 checkpoint')
+    parser.add_argument('--soma_ckpt', required=True, help='adapter + head checkpoint')
+    parser.add_argument('--merged_ckpt', required=True, help='output full checkpoint')
+    parser.add_argument('--device', default='cpu',
+                        help='device of the SVD re-initialisation for residual adapters '
+                             '(the training device gives a bit-exact rebuild)')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from soma.apis.checkpoint import merge_file
+    try:
+        path = merge_file(args.backbone_ckpt, args.soma_ckpt, args.merged_ckpt,
+                          device=args.device)
+    except (ValueError, OSError, RuntimeError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    print(f'merged checkpoint written to {path}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
