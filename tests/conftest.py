@@ -23,3 +23,19 @@ def repo_root():
 @pytest.fixture
 def tiny_backbone_cfg():
     return dict(TINY_BACKBONE)
+
+
+@pytest.fixture(autouse=True, scope='module')
+def registry_scope(request):
+    """Run a test module in the mmengine default scope it names (``DEFAULT_SCOPE = 'mmdet'``).
+
+    Builders such as ``DET_MODELS.build`` resolve types in the *current* default scope, which
+    an earlier test module may have left at 'mmseg'.
+    """
+    scope = getattr(request.module, 'DEFAULT_SCOPE', None)
+    if scope is None:
+        yield
+        return
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope(scope):
+        yield

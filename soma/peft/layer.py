@@ -52,9 +52,9 @@ class SoMALinear(nn.Linear):
                  svd_init_on: str = 'pretrained', name: str = '', device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         where = f'{name or "SoMALinear"} (weight {out_features}x{in_features})'
-        if isinstance(r, bool) or not isinstance(r, int) or not 0 < r <= min(in_features,
-                                                                              out_features):
-            raise ValueError(f'{where}: rank {r!r} must be in 1..{min(in_features, out_features)}')
+        max_rank = min(in_features, out_features)
+        if isinstance(r, bool) or not isinstance(r, int) or not 0 < r <= max_rank:
+            raise ValueError(f'{where}: rank {r!r} must be in 1..{max_rank}')
         if not self.weight.is_floating_point():
             raise TypeError(f'{where}: weight dtype {self.weight.dtype} is not floating point')
         self.r = r

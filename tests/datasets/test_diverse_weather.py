@@ -12,6 +12,8 @@ import soma  # noqa: F401
 from soma.datasets.diverse_weather import DIVERSE_WEATHER_CLASSES, DiverseWeatherDataset
 from soma.datasets.synthetic_dgod import DOMAINS, make_diverse_weather, point_config_to
 
+DEFAULT_SCOPE = 'mmdet'  # see tests/conftest.py
+
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 

@@ -8,6 +8,8 @@ from mmengine.structures import InstanceData
 import soma  # noqa: F401
 from soma.evaluation.dg_voc_metric import DGVOCMetric, domain_of
 
+DEFAULT_SCOPE = 'mmdet'  # see tests/conftest.py
+
 CLASSES = ('bus', 'bike', 'car', 'motor', 'person', 'rider', 'truck')
 KEYS = ['daytime_clear', 'Night-Sunny', 'dusk_rainy', 'night_rainy', 'daytime_foggy']
 

@@ -15,6 +15,8 @@ import soma  # noqa: F401  (registers everything)
 from soma.models.detectors.co_dino_head import MIN_POS_COORDS
 from soma.registry import DET_MODELS
 
+DEFAULT_SCOPE = 'mmdet'  # see tests/conftest.py
+
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DGOD = osp.join(REPO, 'DGOD', 'configs')
 DEMO = osp.join(DGOD, 'demo', 'soma_tiny_codetr_demo.py')
