@@ -1,7 +1,7 @@
 """Forward + backward of an adapted DINOv2 ViT-L (512x512, batch 1): SoMA vs plain LoRA.
 
     python benchmarks/bench_train_step.py [--arch large] [--size 512] [--batch 1] [--iters 3]
-        [--warmup 1] [--r 16] [--start 8] [--svd-init] [--no-rss]
+        [--warmup 1] [--r 16] [--start 8] [--svd-init] [--no-peak]
         [--out work_dirs/benchmarks/train_step.json]
 
 Variants, all on the same ``DinoVisionTransformer`` (random init, same seed):
@@ -19,13 +19,14 @@ medians is the figure (target <= 1.05). Adapter values do not change the cost, s
 random unless ``--svd-init`` runs the real SVD initialisation.
 
 Activation memory: during one forward, every tensor autograd saves for backward passes a
-``saved_tensors_hooks`` pack hook; its storage bytes are summed per block (unique storages).
+``saved_tensors_hooks`` pack hook; its storage bytes are summed per block (unique storages,
+parameters excluded).
 Blocks before ``start_lora_idx`` run on inputs that do not require grad with parameters that
 do not require grad, so autograd records nothing there: their saved bytes are 0 and their
-outputs have ``requires_grad=False`` (both checked). Peak RSS (``--no-rss`` to skip): each
-variant runs in a fresh child process where a thread samples the resident set size every
-2 ms during one forward+backward; the figure is the peak minus the size before the step.
-Writes only ``--out``.
+outputs have ``requires_grad=False`` (both checked). Peak memory (``--no-peak`` to skip):
+``torch.profiler`` with ``profile_memory=True`` records every CPU allocation and free during
+one forward+backward; the peak of their running sum is the most memory the step had live
+beyond the model (activations, gradients, workspaces). Writes only ``--out``.
 """
 import argparse
 import json
@@ -33,7 +34,6 @@ import os
 import os.path as osp
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -56,8 +56,8 @@ def parse_args(argv=None):
     parser.add_argument('--r', type=int, default=16)
     parser.add_argument('--start', type=int, default=8, help='start_lora_idx')
     parser.add_argument('--svd-init', action='store_true', help='run the real SVD init')
-    parser.add_argument('--no-rss', action='store_true', help='skip the peak-RSS children')
-    parser.add_argument('--child', help=argparse.SUPPRESS)
+    parser.add_argument('--no-peak', action='store_true',
+                        help='skip the profiler peak-memory steps')
     parser.add_argument('--out', default='work_dirs/benchmarks/train_step.json')
     return parser.parse_args(argv)
 
@@ -129,9 +129,13 @@ def blocks_of(model):
 
 
 def saved_activation_bytes(model, x):
-    """Bytes autograd saves for backward during one forward, per block; output grad flags."""
+    """Activation bytes autograd saves for backward during one forward, per block, and
+    whether each block's output requires grad."""
     current = ['other']
-    saved, seen, grad_flags = {}, set(), {}
+    # parameters saved for backward (e.g. a weight, to form the input's gradient) are not
+    # activations: their storages are skipped
+    seen = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved, grad_flags = {}, {}
     hooks = []
     def enter(i):
         def hook(module, args):
@@ -164,48 +168,22 @@ def saved_activation_bytes(model, x):
     return saved, grad_flags
 
 
-def _rss_bytes():
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+def peak_allocated_bytes(model, x):
+    """Peak of live CPU-allocator bytes during one forward+backward (``torch.profiler``).
 
-
-def child(args):
-    """Peak RSS growth over one forward+backward of one variant (fresh process).
-
-    A thread samples the resident set size every 2 ms while the step runs; the figure is
-    the highest sample minus the size before the step (the model and inputs already built).
+    The profiler records every allocation and free (``profile_memory=True``); summing them
+    in time order gives the bytes live at each moment beyond those live before the step.
     """
-    import threading
-    model = build(args.child, args)
-    x = torch.randn(args.batch, 3, args.size, args.size)
-    before = _rss_bytes()
-    peak, done = [before], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
-            done.wait(0.002)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    step(model, x)
-    done.set()
-    sampler.join()
-    print(json.dumps(dict(variant=args.child, peak_rss_growth_mb=(peak[0] - before) / 2 ** 20,
-                          rss_before_mb=before / 2 ** 20)))
-
-
-def rss_children(args):
-    result = {}
-    for variant in ('soma', 'lora', 'full'):
-        cmd = [sys.executable, osp.abspath(__file__), '--child', variant, '--arch', args.arch,
-               '--size', str(args.size), '--batch', str(args.batch), '--r', str(args.r),
-               '--start', str(args.start)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)
-        result[variant] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f'[bench] peak RSS growth {variant}: '
-              f'{result[variant]["peak_rss_growth_mb"]:.0f} MB', flush=True)
-    return result
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step(model, x)
+    events = sorted((e for e in prof.profiler.kineto_results.events()
+                     if e.name() == '[memory]'), key=lambda e: e.start_ns())
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
 
 
 def run(args):
@@ -249,10 +227,14 @@ def run(args):
         print(f'[bench] {variant}: {memory[variant]["saved_for_backward_mb_total"]:.0f} MB saved '
               f'for backward, {memory[variant]["frozen_blocks_saved_mb"]:.0f} MB of it in blocks '
               f'0..{args.start - 1}', flush=True)
+    if not args.no_peak:
+        for variant, model in models.items():
+            peak = peak_allocated_bytes(model, x)
+            memory[variant]['peak_allocated_mb'] = peak / 2 ** 20
+            print(f'[bench] {variant}: peak {peak / 2 ** 20:.0f} MB allocated during a step',
+                  flush=True)
     result['activation_memory'] = memory
     del models
-    if not args.no_rss:
-        result['peak_rss'] = rss_children(args)
     result.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
                   cpu_count=os.cpu_count(), machine=platform.machine(),
                   load_avg=os.getloadavg())
@@ -261,9 +243,6 @@ def run(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.child:
-        child(args)
-        return 0
     result = run(args)
     from soma.utils.checkpoint_io import atomic_output
     with atomic_output(args.out) as tmp:

@@ -29,3 +29,4 @@ custom_hooks = [
     dict(type='SoMAMetaHook'),
     dict(type='EMAHook', begin_iter=20000, priority='NORMAL'),
 ]
+auto_scale_lr = dict(enable=False, base_batch_size=8)  # release: 4 GPUs x 2

@@ -19,3 +19,4 @@ custom_hooks = [
     dict(type='SoMAMetaHook'),
     dict(type='EMAHook', begin_iter=20000, priority='NORMAL'),
 ]
+auto_scale_lr = dict(enable=False, base_batch_size=8)  # release: 1 GPU x 8

@@ -74,7 +74,9 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
 
 def _find_targets(module: nn.Module, config: SoMAConfig):
     """[(name, linear, block index)] of the layers to adapt; clear errors when none."""
-    names = [n for n, _ in module.named_modules() if n]
+    # never the adapters' own lora_A / lora_B linears
+    names = [n for n, _ in module.named_modules()
+             if n and not any(p.startswith(ADAPTER_KEYWORD) for p in n.split('.'))]
     matched = [n for n in names if is_target_name(n, config.target_modules)]
     kind = type(module).__name__
     if not matched:

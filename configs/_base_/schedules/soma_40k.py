@@ -26,3 +26,7 @@ param_scheduler = [
 train_cfg = dict(type='FastResumeIterBasedTrainLoop', max_iters=max_iters, val_interval=4000)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
+
+# The release's total batch (GPUs x per-GPU batch); `tools/train.py --auto-scale-lr` scales the
+# learning rate by (your total batch) / base_batch_size. Single-GPU batch 4 unless overridden.
+auto_scale_lr = dict(enable=False, base_batch_size=4)
