@@ -138,11 +138,14 @@ def test_nearly_repeated_singular_values_fall_back_to_float64_svd(monkeypatch):
     s_true = torch.linspace(3.0, 1.0, 32)
     s_true[-4] = s_true[-5] * (1 - 1e-9)  # gap after the 4 smallest is ~1e-9 relative
     w = _with_spectrum(48, 32, s_true, seed=7)
-    calls = []
+    shapes = []
     real_svd = torch.linalg.svd
-    monkeypatch.setattr(torch.linalg, 'svd', lambda *a, **k: calls.append(1) or real_svd(*a, **k))
+    monkeypatch.setattr(torch.linalg, 'svd',
+                        lambda a, **k: shapes.append(tuple(a.shape)) or real_svd(a, **k))
+    minor_components(_with_spectrum(48, 32, torch.linspace(3.0, 1.0, 32), seed=7), 4)
+    assert (48, 32) not in shapes  # a clear gap: Gram route, only the thin Ritz SVD
     u, s, vh = minor_components(w, 4)
-    assert calls, 'expected the float64 SVD fallback for a near-degenerate gap'
+    assert (48, 32) in shapes, 'expected the float64 SVD fallback for a near-degenerate gap'
     part, _, _ = _truth(w, 4, False)
     assert _rel(w.double() - _part(u, s, vh), w.double() - part) < 1e-5
 
