@@ -6,6 +6,7 @@ that a config works under either ``default_scope``.
 """
 from mmdet.registry import DATASETS as DET_DATASETS
 from mmdet.registry import HOOKS as DET_HOOKS
+from mmdet.registry import LOOPS as DET_LOOPS
 from mmdet.registry import METRICS as DET_METRICS
 from mmdet.registry import MODELS as DET_MODELS
 from mmdet.registry import OPTIM_WRAPPER_CONSTRUCTORS as DET_OPTIM_WRAPPER_CONSTRUCTORS
@@ -13,6 +14,7 @@ from mmdet.registry import PARAM_SCHEDULERS as DET_PARAM_SCHEDULERS
 from mmdet.registry import TRANSFORMS as DET_TRANSFORMS
 from mmseg.registry import DATASETS as SEG_DATASETS
 from mmseg.registry import HOOKS as SEG_HOOKS
+from mmseg.registry import LOOPS as SEG_LOOPS
 from mmseg.registry import METRICS as SEG_METRICS
 from mmseg.registry import MODELS as SEG_MODELS
 from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS as SEG_OPTIM_WRAPPER_CONSTRUCTORS
@@ -37,6 +39,10 @@ def register_hook(cls):
     return _register_in(SEG_HOOKS, DET_HOOKS)(cls)
 
 
+def register_loop(cls):
+    return _register_in(SEG_LOOPS, DET_LOOPS)(cls)
+
+
 def register_optim_wrapper_constructor(cls):
     return _register_in(SEG_OPTIM_WRAPPER_CONSTRUCTORS, DET_OPTIM_WRAPPER_CONSTRUCTORS)(cls)
 
@@ -47,8 +53,8 @@ def register_param_scheduler(cls):
 
 __all__ = [
     'SEG_MODELS', 'DET_MODELS', 'SEG_DATASETS', 'DET_DATASETS', 'SEG_METRICS', 'DET_METRICS',
-    'SEG_HOOKS', 'DET_HOOKS', 'SEG_TRANSFORMS', 'DET_TRANSFORMS', 'SEG_PARAM_SCHEDULERS',
+    'SEG_HOOKS', 'DET_HOOKS', 'SEG_LOOPS', 'DET_LOOPS', 'SEG_TRANSFORMS', 'DET_TRANSFORMS', 'SEG_PARAM_SCHEDULERS',
     'DET_PARAM_SCHEDULERS', 'SEG_OPTIM_WRAPPER_CONSTRUCTORS', 'DET_OPTIM_WRAPPER_CONSTRUCTORS',
-    'register_model', 'register_hook', 'register_optim_wrapper_constructor',
+    'register_model', 'register_hook', 'register_loop', 'register_optim_wrapper_constructor',
     'register_param_scheduler'
 ]

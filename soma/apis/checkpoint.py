@@ -566,6 +566,12 @@ def _blocks(keys):
 def _check_resolution(want, have, expected, prefix, cfg, ckpt):
     if tuple(want.shape) == tuple(have.shape):
         return
+    if want.shape[-1] != have.shape[-1]:  # another architecture, not another resolution
+        raise CheckpointError(
+            f'{ckpt}: {prefix}pos_embed has embedding width {have.shape[-1]} (shape '
+            f'{tuple(have.shape)}) but the model has {want.shape[-1]} (shape '
+            f'{tuple(want.shape)}): a backbone of another size (e.g. ViT-S/B/L/g); use the '
+            f'checkpoint converted for the arch of the config')
     patch = _patch_size(expected, prefix) or 16
     img_size = _cfg_get(cfg, 'model', 'backbone', 'img_size')
     if img_size is not None:

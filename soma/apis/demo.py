@@ -13,7 +13,8 @@ import os
 import os.path as osp
 import time
 
-__all__ = ['DEMO_CONFIG', 'demo_config', 'set_max_iters', 'set_image_size', 'run_demo', 'main']
+__all__ = ['DEMO_CONFIG', 'demo_config', 'check_max_iters', 'set_max_iters', 'set_image_size',
+           'run_demo', 'main']
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo', 'soma_tiny_demo.py')
@@ -29,15 +30,34 @@ def _leaf_datasets(dataset):
     return [dataset]
 
 
+def check_max_iters(max_iters):
+    """``max_iters`` as an int >= 1 (``None`` passes through: the config's own)."""
+    if max_iters is None:
+        return None
+    if isinstance(max_iters, bool) or int(max_iters) != max_iters or max_iters < 1:
+        raise ValueError(f'max_iters must be an integer >= 1, got {max_iters!r}')
+    return int(max_iters)
+
+
 def set_max_iters(cfg, max_iters, val=True):
     """Set the run length everywhere it appears (loop, schedulers, checkpoint).
 
-    ``val=False`` drops the validation during training (the demo tests afterwards).
+    The schedule keeps its shape: every scheduler's ``begin``/``end`` and ``milestones``
+    scale with ``max_iters / train_cfg.max_iters`` (warm-up and steps land at the same
+    fraction of the run). ``val=False`` drops the validation during training (the demos
+    test afterwards).
     """
+    max_iters = check_max_iters(max_iters)
+    ratio = max_iters / cfg.train_cfg.max_iters
+    for scheduler in cfg.param_scheduler:
+        scheduler['begin'] = int(round(scheduler.get('begin', 0) * ratio))
+        scheduler['end'] = max(scheduler['begin'] + 1,
+                               int(round(scheduler.get('end', cfg.train_cfg.max_iters) * ratio)))
+        if 'milestones' in scheduler:
+            scheduler['milestones'] = [max(1, int(round(m * ratio)))
+                                       for m in scheduler['milestones']]
     cfg.train_cfg.max_iters = max_iters
     cfg.train_cfg.val_interval = max_iters
-    for scheduler in cfg.param_scheduler:
-        scheduler['end'] = max_iters
     cfg.default_hooks.checkpoint.interval = max_iters
     if not val:
         cfg.default_hooks.checkpoint.pop('save_best', None)
@@ -81,7 +101,7 @@ def demo_config(data_root, work_dir, max_iters=None, config=DEMO_CONFIG, val=Tru
     unique_visualizer_name(cfg)
     if image_size:
         set_image_size(cfg, image_size)
-    set_max_iters(cfg, max_iters or cfg.train_cfg.max_iters, val=val)
+    set_max_iters(cfg, cfg.train_cfg.max_iters if max_iters is None else max_iters, val=val)
     return cfg
 
 
@@ -100,6 +120,7 @@ def run_demo(work_dir='work_dirs/demo', max_iters=None, num_train=64, num_val=12
     from soma.apis.test import parse_args as parse_test_args
     from soma.apis.test import test
     from soma.datasets import make_synthetic_dg_benchmark
+    check_max_iters(max_iters)  # before anything is written
     seconds = {}
     t0 = time.time()
     work_dir = osp.abspath(work_dir)

@@ -28,8 +28,7 @@ from mmengine.runner.loops import _InfiniteDataloaderIterator
 from mmengine.runner.utils import calc_dynamic_intervals
 from torch.utils.data import DataLoader
 
-from mmdet.registry import LOOPS as DET_LOOPS
-from mmseg.registry import LOOPS as SEG_LOOPS
+from soma.registry import register_loop
 
 __all__ = ['FastResumeIterBasedTrainLoop', 'derive_seed']
 
@@ -102,13 +101,7 @@ def _clone_loader(loader, dataset, batch_sampler):
     return DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
 
 
-def _register(cls):
-    for registry in (SEG_LOOPS, DET_LOOPS):
-        registry.register_module(module=cls)
-    return cls
-
-
-@_register
+@register_loop
 class FastResumeIterBasedTrainLoop(IterBasedTrainLoop):
     """``IterBasedTrainLoop`` (same arguments) that resumes by skipping indices, not data.
 

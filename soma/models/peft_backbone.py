@@ -64,8 +64,14 @@ def init_soma_after_weights(soma_model, logger=None) -> None:
 
 
 def refreeze_soma(soma_model) -> None:
-    """Re-apply SoMA's trainable/frozen rules (call after every ``train()``)."""
-    soma_model.freeze()
+    """Re-apply SoMA's trainable/frozen rules (call after every ``train()``).
+
+    A backbone that is no longer a ``SoMAModel`` (e.g. replaced by
+    ``SoMAModel.merge_and_unload()`` for inference) has no such rules and is left as it is.
+    """
+    from soma.peft import SoMAModel
+    if isinstance(soma_model, SoMAModel):
+        soma_model.freeze()
 
 
 def freeze_backbone(module: nn.Module) -> nn.Module:

@@ -79,6 +79,16 @@ def test_peft_refreezes_at_every_train_call(data_root, tmp_path):
             assert not param.requires_grad, name
 
 
+def test_peft_model_with_merged_backbone_still_switches_modes(data_root, tmp_path):
+    """After ``merge_and_unload()`` (plain ``nn.Linear``) ``train()``/``eval()`` just work."""
+    model = build_model(data_root, tmp_path, 'PEFTBackboneEncoderDecoder')
+    model.init_weights()
+    model.backbone = model.backbone.merge_and_unload()
+    model.train()
+    model.eval()
+    assert not any('lora_' in n for n, _ in model.named_parameters())
+
+
 def test_peft_svd_runs_after_init_weights_on_the_loaded_weights(data_root, tmp_path):
     """Backbone from a checkpoint via init_cfg: the adapters hold ITS minor components."""
     from soma.models.backbones.dinov2 import DinoVisionTransformer

@@ -378,6 +378,18 @@ def test_refuses_backbone_converted_for_another_resolution(tmp_path):
     assert 'convert_dinov2_sora.py' in msg
 
 
+def test_refuses_backbone_of_another_width_as_such(tmp_path):
+    """Another embed width is another architecture, not another resolution."""
+    from soma.apis.inference import init_model
+    model = init_model(TINY_CONFIG)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    pos = state['backbone.model.pos_embed']
+    state['backbone.model.pos_embed'] = torch.zeros(*pos.shape[:-1], pos.shape[-1] * 2)
+    with pytest.raises(CheckpointError, match=r'pos_embed has embedding width 128 .* model '
+                                              r'has 64 .*another size'):
+        ck.check_checkpoint_for_model(model, state, model.cfg, checkpoint_path='other.pth')
+
+
 def test_refuses_rank_mismatch(converted):
     from soma.apis.inference import init_model
     model = init_model(TINY_CONFIG)

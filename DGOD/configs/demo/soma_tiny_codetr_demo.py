@@ -140,7 +140,7 @@ param_scheduler = [
     dict(type='CosineAnnealingParamScheduler', param_name='weight_decay', eta_min=1e-5,
          by_epoch=False, begin=0, end=max_iters),
 ]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
+train_cfg = dict(type='FastResumeIterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 default_hooks = dict(

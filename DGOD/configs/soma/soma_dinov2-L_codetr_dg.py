@@ -46,7 +46,7 @@ param_scheduler = [
     dict(type='CosineAnnealingParamScheduler', param_name='weight_decay', eta_min=1e-5,
          by_epoch=False, begin=0, end=max_iters),
 ]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=4000)
+train_cfg = dict(type='FastResumeIterBasedTrainLoop', max_iters=max_iters, val_interval=4000)
 # the release's total batch: 2 per GPU x 4 GPUs (used by `tools/train.py --auto-scale-lr`)
 auto_scale_lr = dict(enable=False, base_batch_size=8)
 val_cfg = dict(type='ValLoop')
