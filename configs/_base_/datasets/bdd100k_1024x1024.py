@@ -1,7 +1,7 @@
 # BDD100K semantic segmentation (10k split). Crop 1024.
 # 1024 train scale as the release's G+S+U 1024 run: RandomResize (2048, 1024) x [0.5, 2].
-bdd_type = 'CityscapesDataset'
-bdd_root = 'data/bdd100k/'
+# Everything else as bdd100k_512x512.py.
+_base_ = ['./bdd100k_512x512.py']
 bdd_crop_size = (1024, 1024)
 bdd_train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -12,6 +12,7 @@ bdd_train_pipeline = [
     dict(type='PhotoMetricDistortion'),
     dict(type='PackSegInputs'),
 ]
+train_bdd = dict(pipeline=bdd_train_pipeline)
 bdd_test_pipeline = [
     dict(type='LoadImageFromFile'),
     # The release evaluates its 1024 models on BDD resized to (2048, 1024), keep ratio.
@@ -19,19 +20,4 @@ bdd_test_pipeline = [
     dict(type='LoadAnnotations'),  # after Resize: labels stay at full resolution
     dict(type='PackSegInputs'),
 ]
-train_bdd = dict(
-    type=bdd_type,
-    data_root=bdd_root,
-    data_prefix=dict(img_path='images/10k/train', seg_map_path='labels/sem_seg/masks/train'),
-    img_suffix='.jpg',
-    seg_map_suffix='.png',
-    pipeline=bdd_train_pipeline,
-)
-val_bdd = dict(
-    type=bdd_type,
-    data_root=bdd_root,
-    data_prefix=dict(img_path='images/10k/val', seg_map_path='labels/sem_seg/masks/val'),
-    img_suffix='.jpg',
-    seg_map_suffix='.png',
-    pipeline=bdd_test_pipeline,
-)
+val_bdd = dict(pipeline=bdd_test_pipeline)

@@ -1,8 +1,8 @@
 # Cityscapes (fine annotations, trainIds). Crop 1024.
 # 1024 train scale as the release's Cityscapes->ACDC/BDD+Mapillary 1024 runs: shortest edge
 # chosen among int(1024 * 0.1 * x), x = 5..20, longer edge at most 4096.
-cityscapes_type = 'CityscapesDataset'
-cityscapes_root = 'data/cityscapes/'
+# Everything else as cityscapes_512x512.py.
+_base_ = ['./cityscapes_512x512.py']
 cityscapes_crop_size = (1024, 1024)
 cityscapes_train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -14,25 +14,4 @@ cityscapes_train_pipeline = [
     dict(type='PhotoMetricDistortion'),
     dict(type='PackSegInputs'),
 ]
-cityscapes_test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(2048, 1024), keep_ratio=True),
-    dict(type='LoadAnnotations'),  # after Resize: labels stay at full resolution
-    dict(type='PackSegInputs'),
-]
-train_cityscapes = dict(
-    type=cityscapes_type,
-    data_root=cityscapes_root,
-    data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train'),
-    img_suffix='_leftImg8bit.png',
-    seg_map_suffix='_gtFine_labelTrainIds.png',
-    pipeline=cityscapes_train_pipeline,
-)
-val_cityscapes = dict(
-    type=cityscapes_type,
-    data_root=cityscapes_root,
-    data_prefix=dict(img_path='leftImg8bit/val', seg_map_path='gtFine/val'),
-    img_suffix='_leftImg8bit.png',
-    seg_map_suffix='_gtFine_labelTrainIds.png',
-    pipeline=cityscapes_test_pipeline,
-)
+train_cityscapes = dict(pipeline=cityscapes_train_pipeline)

@@ -1,7 +1,7 @@
 # UrbanSyn (train; val = the same folders). Crop 1024.
 # 1024 train scale as the release's G+S+U 1024 run: RandomResize (2048, 1024) x [0.5, 2].
-ur_type = 'CityscapesDataset'
-ur_root = 'data/urbansyn/'
+# Everything else as urbansyn_512x512.py.
+_base_ = ['./urbansyn_512x512.py']
 ur_crop_size = (1024, 1024)
 ur_train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -12,25 +12,4 @@ ur_train_pipeline = [
     dict(type='PhotoMetricDistortion'),
     dict(type='PackSegInputs'),
 ]
-ur_test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(2560, 1580), keep_ratio=True),
-    dict(type='LoadAnnotations'),  # after Resize: labels stay at full resolution
-    dict(type='PackSegInputs'),
-]
-train_ur = dict(
-    type=ur_type,
-    data_root=ur_root,
-    data_prefix=dict(img_path='rgb', seg_map_path='ss'),
-    img_suffix='.png',
-    seg_map_suffix='.png',
-    pipeline=ur_train_pipeline,
-)
-val_ur = dict(
-    type=ur_type,
-    data_root=ur_root,
-    data_prefix=dict(img_path='rgb', seg_map_path='ss'),
-    img_suffix='.png',
-    seg_map_suffix='.png',
-    pipeline=ur_test_pipeline,
-)
+train_ur = dict(pipeline=ur_train_pipeline)

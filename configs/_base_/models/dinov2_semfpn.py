@@ -1,50 +1,10 @@
-# DINOv2-L (patch 16) + Semantic FPN (FPN neck, FPNHead), adapted with SoMA (`lora_cfg`).
+# DINOv2-L + Semantic FPN (FPN neck, FPNHead), adapted with SoMA: the backbone and data
+# preprocessor come from dinov2_l_soma.py.
+_base_ = ['./dinov2_l_soma.py']
 crop_size = (512, 512)
 num_classes = 19
 norm_cfg = dict(type='SyncBN', requires_grad=True)  # reverted to BN by the Runner off-dist
 model = dict(
-    type='PEFTBackboneEncoderDecoder',
-    data_preprocessor=dict(
-        type='SegDataPreProcessor',
-        mean=[123.675, 116.28, 103.53],
-        std=[58.395, 57.12, 57.375],
-        size=crop_size,
-        bgr_to_rgb=True,
-        pad_val=0,
-        seg_pad_val=255,
-    ),
-    backbone=dict(
-        type='DinoVisionTransformer',
-        img_size=512,
-        patch_size=16,
-        embed_dim=1024,
-        depth=24,
-        num_heads=16,
-        mlp_ratio=4,
-        ffn_layer='mlp',
-        init_values=1e-05,
-        block_chunks=0,
-        qkv_bias=True,
-        proj_bias=True,
-        ffn_bias=True,
-        out_indices=[7, 11, 15, 23],
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/dinov2_sora_converted.pth'),
-        lora_cfg=dict(
-            type='sora',
-            r=16,
-            lora_alpha=16,
-            lora_dropout=0.0,
-            first_eigen=False,
-            lora_weight_init='sora',
-            target_modules=['q', 'k', 'v', 'proj', 'fc1', 'fc2'],
-            start_lora_idx=8,
-            rank_ramp=False,
-            bias='all',
-            merge_weights=False,
-            fan_in_fan_out=False,
-            modules_to_save=None,
-        ),
-    ),
     neck=dict(type='FPN', in_channels=[1024, 1024, 1024, 1024], out_channels=256, num_outs=4),
     decode_head=dict(
         type='FPNHead',
