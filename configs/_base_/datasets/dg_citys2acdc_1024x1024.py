@@ -2,20 +2,12 @@
 _base_ = [
     './cityscapes_1024x1024.py',
     './acdc.py',
+    './dg_loaders.py',
 ]
 train_dataloader = dict(
-    batch_size=2,
-    num_workers=2,
-    persistent_workers=True,
-    pin_memory=True,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
     dataset={{_base_.train_cityscapes}},
 )
 val_dataloader = dict(
-    batch_size=1,
-    num_workers=4,
-    persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
         type='ConcatDataset',
         datasets=[
@@ -27,11 +19,7 @@ val_dataloader = dict(
     ),
 )
 test_dataloader = val_dataloader
-# Each image goes to the first key found in its path; <key>_mIoU per target, mean_mIoU over
-# mean_used_keys.
 val_evaluator = dict(
-    type='DGIoUMetric',
-    iou_metrics=['mIoU'],
     dataset_keys=['night/', 'fog/', 'snow/', 'rain/'],
     mean_used_keys=['night/', 'fog/', 'snow/', 'rain/'],
 )

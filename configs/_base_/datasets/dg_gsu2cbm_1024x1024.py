@@ -6,13 +6,9 @@ _base_ = [
     './cityscapes_1024x1024.py',
     './bdd100k_1024x1024.py',
     './mapillary_1024x1024.py',
+    './dg_loaders.py',
 ]
 train_dataloader = dict(
-    batch_size=2,
-    num_workers=2,
-    persistent_workers=True,
-    pin_memory=True,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
     dataset=dict(
         type='ConcatDataset',
         datasets=[
@@ -23,10 +19,6 @@ train_dataloader = dict(
     ),
 )
 val_dataloader = dict(
-    batch_size=1,
-    num_workers=4,
-    persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
         type='ConcatDataset',
         datasets=[
@@ -37,11 +29,7 @@ val_dataloader = dict(
     ),
 )
 test_dataloader = val_dataloader
-# Each image goes to the first key found in its path; <key>_mIoU per target, mean_mIoU over
-# mean_used_keys.
 val_evaluator = dict(
-    type='DGIoUMetric',
-    iou_metrics=['mIoU'],
     dataset_keys=['citys', 'map', 'bdd'],
     mean_used_keys=['citys', 'map', 'bdd'],
 )
