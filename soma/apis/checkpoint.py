@@ -28,8 +28,8 @@ from torch import nn
 
 from soma.peft.config import (ADAPTER_KEYWORD, DEFAULT_TARGET_MODULES, META_KEY,
                               SEMANTICS_RELEASE, SEMANTICS_RESIDUAL, WRAPPED_MODEL_ATTR)
-from soma.utils.checkpoint_io import (CheckpointError, get_state_dict, load_checkpoint_file,
-                                      save_checkpoint_file)
+from soma.utils.checkpoint_io import (EMA_STATE_DICT, CheckpointError, get_state_dict,
+                                      load_checkpoint_file, save_checkpoint_file)
 
 __all__ = [
     'BACKBONE_PREFIX', 'PLAIN_BACKBONE_PREFIX', 'EMA_PREFIX', 'HEAD_PREFIX',
@@ -42,7 +42,7 @@ __all__ = [
 BACKBONE_PREFIX = f'backbone.{WRAPPED_MODEL_ATTR}.'
 PLAIN_BACKBONE_PREFIX = 'backbone.'
 EMA_PREFIX = 'module.'
-EMA_KEY = 'ema_state_dict'
+EMA_KEY = EMA_STATE_DICT
 HEAD_PREFIX = 'decode_head.'
 MASK_TOKEN = 'mask_token'
 LORA_A, LORA_B = f'.{ADAPTER_KEYWORD}_A.weight', f'.{ADAPTER_KEYWORD}_B.weight'
@@ -64,22 +64,10 @@ def _name(ckpt, default):
 
 # --------------------------------------------------------------------------- file level
 def load_soma_checkpoint_file(path_or_ckpt):
-    """A checkpoint dict from a path (``.pth``/``.safetensors``) or a dict (passed through).
-
-    A safetensors file stores the EMA copy under ``ema_state_dict.<key>``; it is split back
-    out into ``ckpt['ema_state_dict']`` so that both formats give the same dict.
-    """
+    """A checkpoint dict from a path (``.pth``/``.safetensors``) or a dict (passed through)."""
     if not isinstance(path_or_ckpt, dict):
-        path_or_ckpt = load_checkpoint_file(path_or_ckpt)
-    ckpt = path_or_ckpt
-    state_dict = get_state_dict(ckpt)
-    flat_ema = f'{EMA_KEY}.'
-    if isinstance(state_dict, dict) and any(k.startswith(flat_ema) for k in state_dict):
-        ckpt = dict(ckpt)
-        ckpt['state_dict'] = {k: v for k, v in state_dict.items() if not k.startswith(flat_ema)}
-        ckpt[EMA_KEY] = {k[len(flat_ema):]: v for k, v in state_dict.items()
-                         if k.startswith(flat_ema)}
-    return ckpt
+        return load_checkpoint_file(path_or_ckpt)
+    return path_or_ckpt
 
 
 def checkpoint_semantics(ckpt):

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 __all__ = [
-    'CheckpointError', 'allow_mmengine_checkpoint_types', 'load_checkpoint_file',
-    'save_checkpoint_file', 'atomic_output', 'get_state_dict'
+    'CheckpointError', 'EMA_STATE_DICT', 'allow_mmengine_checkpoint_types',
+    'load_checkpoint_file', 'save_checkpoint_file', 'atomic_output', 'get_state_dict'
 ]
 
 
@@ -71,11 +71,17 @@ def allow_mmengine_checkpoint_types():
 allow_mmengine_checkpoint_types()
 
 
+# mmengine's EMAHook copy of the model; safetensors has no nesting, so it is stored flat
+EMA_STATE_DICT = 'ema_state_dict'
+_FLAT_EMA = EMA_STATE_DICT + '.'
+
+
 def load_checkpoint_file(path, map_location='cpu'):
     """Load a ``.pth``/``.bin`` (weights-only unpickling) or ``.safetensors`` file.
 
     Returns the stored dict. A safetensors file gives ``{'state_dict': tensors, 'meta':
-    metadata}`` with the metadata decoded from json. Raises :class:`CheckpointError` or
+    metadata}`` with the metadata decoded from json (and ``ema_state_dict`` when it holds
+    one, see :func:`save_checkpoint_file`). Raises :class:`CheckpointError` or
     :class:`FileNotFoundError` with a one-line message naming the file.
     """
     path = os.fspath(path)
@@ -119,7 +125,12 @@ def _load_safetensors(path, map_location):
             meta[key] = json.loads(value)
         except (TypeError, ValueError):
             meta[key] = value
-    return {'state_dict': tensors, 'meta': meta}
+    ckpt = {'state_dict': {k: v for k, v in tensors.items() if not k.startswith(_FLAT_EMA)},
+            'meta': meta}
+    ema = {k[len(_FLAT_EMA):]: v for k, v in tensors.items() if k.startswith(_FLAT_EMA)}
+    if ema:  # stored flat by _save_safetensors: the same dict as from a .pth comes back
+        ckpt[EMA_STATE_DICT] = ema
+    return ckpt
 
 
 @contextlib.contextmanager
@@ -161,9 +172,9 @@ def _save_safetensors(obj, tmp):
     tensors = {}
     for key, value in get_state_dict(obj).items():
         tensors[key] = value.detach().contiguous()
-    for key, value in (obj.get('ema_state_dict') or {}).items():
+    for key, value in (obj.get(EMA_STATE_DICT) or {}).items():
         if torch.is_tensor(value):
-            tensors[f'ema_state_dict.{key}'] = value.detach().contiguous()
+            tensors[f'{_FLAT_EMA}{key}'] = value.detach().contiguous()
     meta = obj.get('meta') or {}
     save_file(tensors, tmp, metadata={str(k): json.dumps(v) for k, v in meta.items()})
 

@@ -146,6 +146,7 @@ def test_safetensors_round_trip(tmp_path):
     full['meta']['soma'] = {'semantics': 'release'}
     path = ck.extract_file(full, str(tmp_path / 'adapter.safetensors'))
     loaded = ck.load_soma_checkpoint_file(path)
+    assert set(load_checkpoint_file(path)) == {'state_dict', 'ema_state_dict', 'meta'}
     expected = ck.extract_soma_weights(full)
     _assert_same(loaded['state_dict'], expected['state_dict'])
     _assert_same(loaded['ema_state_dict'], expected['ema_state_dict'])
