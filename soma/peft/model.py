@@ -138,7 +138,10 @@ def apply_soma(module: nn.Module, config: Union[SoMAConfig, dict],
 def init_pending_adapters(module: nn.Module, num_workers: int = 1) -> int:
     """Run the SVD of every ``SoMALinear`` of ``module`` not initialised yet; return the count.
 
-    ``num_workers > 1`` spreads layers over a thread pool (BLAS/LAPACK release the GIL); each
+    Every layer's SVD already uses all cores through multi-threaded BLAS/LAPACK (and the GPU
+    when the weights are on CUDA). ``num_workers > 1`` also spreads layers over a thread pool,
+    which pays only where the solver releases the GIL (torch ops, CUDA); scipy's CPU
+    eigensolver holds it, so on CPU the default 1 is as fast (``docs/benchmarks.md``). Each
     layer's result does not depend on the others (fixed seed per layer).
     """
     pending = [(n, m) for n, m in adapted_layers(module).items() if not m.lora_initialized]
