@@ -53,8 +53,9 @@ def register_param_scheduler(cls):
 
 __all__ = [
     'SEG_MODELS', 'DET_MODELS', 'SEG_DATASETS', 'DET_DATASETS', 'SEG_METRICS', 'DET_METRICS',
-    'SEG_HOOKS', 'DET_HOOKS', 'SEG_LOOPS', 'DET_LOOPS', 'SEG_TRANSFORMS', 'DET_TRANSFORMS', 'SEG_PARAM_SCHEDULERS',
-    'DET_PARAM_SCHEDULERS', 'SEG_OPTIM_WRAPPER_CONSTRUCTORS', 'DET_OPTIM_WRAPPER_CONSTRUCTORS',
+    'SEG_HOOKS', 'DET_HOOKS', 'SEG_LOOPS', 'DET_LOOPS', 'SEG_TRANSFORMS', 'DET_TRANSFORMS',
+    'SEG_PARAM_SCHEDULERS', 'DET_PARAM_SCHEDULERS', 'SEG_OPTIM_WRAPPER_CONSTRUCTORS',
+    'DET_OPTIM_WRAPPER_CONSTRUCTORS',
     'register_model', 'register_hook', 'register_loop', 'register_optim_wrapper_constructor',
     'register_param_scheduler'
 ]

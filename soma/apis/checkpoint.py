@@ -42,7 +42,6 @@ __all__ = [
 BACKBONE_PREFIX = f'backbone.{WRAPPED_MODEL_ATTR}.'
 PLAIN_BACKBONE_PREFIX = 'backbone.'
 EMA_PREFIX = 'module.'
-EMA_KEY = EMA_STATE_DICT
 HEAD_PREFIX = 'decode_head.'
 MASK_TOKEN = 'mask_token'
 LORA_A, LORA_B = f'.{ADAPTER_KEYWORD}_A.weight', f'.{ADAPTER_KEYWORD}_B.weight'
@@ -161,9 +160,9 @@ def extract_soma_weights(full_ckpt, target_modules=DEFAULT_TARGET_MODULES, seman
     blocks = _adapted_blocks(state_dict)
     keep = lambda k: is_adapter_key(k, target_modules, blocks) or _is_head_key(k)  # noqa: E731
     out = {'state_dict': {k: v for k, v in state_dict.items() if keep(k)}}
-    ema = full_ckpt.get(EMA_KEY) if 'state_dict' in full_ckpt else None
+    ema = full_ckpt.get(EMA_STATE_DICT) if 'state_dict' in full_ckpt else None
     if isinstance(ema, dict):
-        out[EMA_KEY] = {k: v for k, v in ema.items() if keep(k)}
+        out[EMA_STATE_DICT] = {k: v for k, v in ema.items() if keep(k)}
     out['meta'] = _output_meta(full_ckpt, semantics)
     checkpoint_semantics(out)  # validates a recorded value
     return out
@@ -340,7 +339,7 @@ def merge_soma_weights(backbone_ckpt, adapter_ckpt, device='cpu'):
     backbone = _backbone_state_dict(backbone_ckpt)
     adapter_ckpt = load_soma_checkpoint_file(adapter_ckpt)
     adapter = get_state_dict(adapter_ckpt)
-    adapter_ema = adapter_ckpt.get(EMA_KEY) if 'state_dict' in adapter_ckpt else None
+    adapter_ema = adapter_ckpt.get(EMA_STATE_DICT) if 'state_dict' in adapter_ckpt else None
     _require_adapters(adapter, 'adapter checkpoint')
     _check_adapter_fits(backbone, adapter)
     if isinstance(adapter_ema, dict):
@@ -361,7 +360,7 @@ def merge_soma_weights(backbone_ckpt, adapter_ckpt, device='cpu'):
     if isinstance(adapter_ema, dict):
         ema = {EMA_PREFIX + BACKBONE_PREFIX + k: v for k, v in base.items()}
         ema.update(adapter_ema)
-        out[EMA_KEY] = ema
+        out[EMA_STATE_DICT] = ema
     out['meta'] = meta
     return out
 
@@ -600,9 +599,10 @@ def load_soma_checkpoint(model, checkpoint, backbone=None, cfg=None, config_path
     """
     ckpt = prepare_checkpoint(checkpoint, backbone, device=device)
     if use_ema:
-        ema = ckpt.get(EMA_KEY)
+        ema = ckpt.get(EMA_STATE_DICT)
         if not isinstance(ema, dict):
-            raise CheckpointError(f'{_name(checkpoint, "checkpoint")}: no {EMA_KEY} to load')
+            raise CheckpointError(
+                f'{_name(checkpoint, "checkpoint")}: no {EMA_STATE_DICT} to load')
         state_dict = {k[len(EMA_PREFIX):]: v for k, v in ema.items() if k.startswith(EMA_PREFIX)}
     else:
         state_dict = get_state_dict(ckpt)

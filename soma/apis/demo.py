@@ -42,12 +42,12 @@ def check_max_iters(max_iters):
 def set_max_iters(cfg, max_iters, val=True):
     """Set the run length everywhere it appears (loop, schedulers, checkpoint).
 
-    The schedule keeps its shape: every scheduler's ``begin``/``end`` and ``milestones``
-    scale with ``max_iters / train_cfg.max_iters`` (warm-up and steps land at the same
-    fraction of the run). ``val=False`` drops the validation during training (the demos
-    test afterwards).
+    ``max_iters=None`` keeps the config's own length. The schedule keeps its shape: every
+    scheduler's ``begin``/``end`` and ``milestones`` scale with ``max_iters /
+    train_cfg.max_iters`` (warm-up and steps land at the same fraction of the run).
+    ``val=False`` drops the validation during training (the demos test afterwards).
     """
-    max_iters = check_max_iters(max_iters)
+    max_iters = check_max_iters(max_iters) or cfg.train_cfg.max_iters
     ratio = max_iters / cfg.train_cfg.max_iters
     for scheduler in cfg.param_scheduler:
         scheduler['begin'] = int(round(scheduler.get('begin', 0) * ratio))
@@ -101,7 +101,7 @@ def demo_config(data_root, work_dir, max_iters=None, config=DEMO_CONFIG, val=Tru
     unique_visualizer_name(cfg)
     if image_size:
         set_image_size(cfg, image_size)
-    set_max_iters(cfg, cfg.train_cfg.max_iters if max_iters is None else max_iters, val=val)
+    set_max_iters(cfg, max_iters, val=val)
     return cfg
 
 

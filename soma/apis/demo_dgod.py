@@ -28,9 +28,9 @@ def run_dgod_demo(work_dir='work_dirs/demo_dgod', config=DGOD_DEMO_CONFIG, max_i
     from soma.apis.launch import unique_visualizer_name
     from soma.datasets.synthetic_dgod import make_diverse_weather, point_config_to
 
+    check_max_iters(max_iters)  # before anything is written
     # the ops of a tiny model are too small to gain from threads; on a shared CPU the
     # thread pool's waiting costs several times the work itself
-    check_max_iters(max_iters)  # before anything is written
     torch.set_num_threads(1)
     work_dir = osp.abspath(work_dir)
     data_root = osp.join(work_dir, 'data', 'diverseWeather')
@@ -42,8 +42,7 @@ def run_dgod_demo(work_dir='work_dirs/demo_dgod', config=DGOD_DEMO_CONFIG, max_i
     cfg.work_dir = work_dir
     unique_visualizer_name(cfg)
     # evaluate once, after training (the config's own validation would repeat it)
-    set_max_iters(cfg, cfg.train_cfg.max_iters if max_iters is None else max_iters,
-                  val=False)
+    set_max_iters(cfg, max_iters, val=False)
     print(f'[demo-dgod] 2/3 training for {cfg.train_cfg.max_iters} iterations on the CPU '
           f'(logs in {work_dir})')
     runner = Runner.from_cfg(cfg)
