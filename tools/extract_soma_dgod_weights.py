@@ -4,7 +4,8 @@
         --soma_ckpt checkpoints/soma_checkpoints/soma_dinov2-L_dgod.pth
 
 Keeps every key without ``backbone`` (neck, query/RPN/RoI/bbox heads) plus the mask token,
-the ``lora`` keys and the target biases; drops the EMA copy.
+the ``lora`` keys and the target biases; drops the EMA copy. A checkpoint in the release's
+legacy Co-DETR key names is read too; the output always has this project's names.
 """
 import argparse
 import sys

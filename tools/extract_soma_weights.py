@@ -6,6 +6,13 @@
 Keeps the mask token, every ``lora`` key, the target biases of the adapted blocks and every
 ``decode_head.*`` key (and the same of ``ema_state_dict``). ``--soma_ckpt x.safetensors``
 writes safetensors. Merge back with ``tools/merge_soma_weights.py``.
+
+``--peft-dir DIR --backbone CONVERTED`` (with or without ``--soma_ckpt``): also write the
+adapters as a peft LoRA folder over the public converted weights (``adapter_config.json`` +
+``adapter_model.safetensors``, see ``soma.peft.interop``), for
+``peft.PeftModel.from_pretrained(<DinoVisionTransformer with CONVERTED loaded>, DIR)``:
+rank r for the release's semantics, rank 2r ``[B | -B0] @ [A ; A0]`` for this project's
+('residual', the SoMA init ``B0, A0`` is recomputed once from CONVERTED on ``--device``).
 """
 import argparse
 import sys
@@ -15,25 +22,41 @@ def parse_args(argv=None):
     from soma.peft.config import DEFAULT_TARGET_MODULES
     parser = argparse.ArgumentParser(description='Extract SoMA adapter + head weights')
     parser.add_argument('--final_ckpt', required=True, help='trained full checkpoint')
-    parser.add_argument('--soma_ckpt', required=True, help='output (.pth or .safetensors)')
+    parser.add_argument('--soma_ckpt', help='output (.pth or .safetensors)')
     parser.add_argument('--target_modules', nargs='+', default=list(DEFAULT_TARGET_MODULES),
                         help='target layer names whose biases are kept')
     parser.add_argument('--semantics', choices=['residual', 'release'], default=None,
                         help="override the semantics recorded in meta['soma'] (a checkpoint "
                              "without it counts as 'release')")
-    return parser.parse_args(argv)
+    parser.add_argument('--peft-dir', help='also write a peft LoRA folder over --backbone')
+    parser.add_argument('--backbone', help='converted DINOv2 checkpoint (for --peft-dir)')
+    parser.add_argument('--device', default='cpu',
+                        help='device of the SoMA init recomputed for --peft-dir (the training '
+                             'device gives the training\'s values)')
+    args = parser.parse_args(argv)
+    if not args.soma_ckpt and not args.peft_dir:
+        parser.error('give --soma_ckpt, --peft-dir, or both')
+    if args.peft_dir and not args.backbone:
+        parser.error('--peft-dir needs --backbone CONVERTED (the weights the adapter goes on)')
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    from soma.apis.checkpoint import extract_file
+    from soma.apis.checkpoint import extract_file, extract_peft_dir, load_soma_checkpoint_file
     try:
-        path = extract_file(args.final_ckpt, args.soma_ckpt, args.target_modules,
-                            semantics=args.semantics)
-    except (ValueError, OSError) as e:
+        final = load_soma_checkpoint_file(args.final_ckpt)
+        if args.soma_ckpt:
+            path = extract_file(final, args.soma_ckpt, args.target_modules,
+                                semantics=args.semantics)
+            print(f'adapter checkpoint written to {path}')
+        if args.peft_dir:
+            extract_peft_dir(final, args.backbone, args.peft_dir, device=args.device,
+                             semantics=args.semantics)
+            print(f'peft adapter folder written to {args.peft_dir}')
+    except (ValueError, OSError, RuntimeError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
-    print(f'adapter checkpoint written to {path}')
     return 0
 
 

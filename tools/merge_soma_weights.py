@@ -7,7 +7,9 @@
 
 The adapter may be a ``.pth`` or ``.safetensors`` file; released adapters ('release'
 semantics) and adapters extracted from this project's models ('residual' semantics, see
-``soma.apis.checkpoint``) are both handled. The output is written atomically.
+``soma.apis.checkpoint``) are both handled. A detector (DGOD) adapter in the release's
+legacy Co-DETR key names is renamed to ours (``soma.apis.legacy_keys``). The output is
+written atomically; a missing, corrupt or unsafe file is a one-line error and no output.
 """
 import argparse
 import sys
@@ -21,15 +23,21 @@ def parse_args(argv=None):
     parser.add_argument('--device', default='cpu',
                         help='device of the SVD re-initialisation for residual adapters '
                              '(the training device gives a bit-exact rebuild)')
+    parser.add_argument('--peft-dir', help="peft folder of extract_soma_weights.py --peft-dir: "
+                                           "a 'residual' adapter's W_res from it, no SVD")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    from soma.apis.checkpoint import merge_file
+    from soma.apis.checkpoint import merge_file, merge_peft_file
     try:
-        path = merge_file(args.backbone_ckpt, args.soma_ckpt, args.merged_ckpt,
-                          device=args.device)
+        if args.peft_dir:
+            path = merge_peft_file(args.backbone_ckpt, args.soma_ckpt, args.peft_dir,
+                                   args.merged_ckpt, device=args.device)
+        else:
+            path = merge_file(args.backbone_ckpt, args.soma_ckpt, args.merged_ckpt,
+                              device=args.device)
     except (ValueError, OSError, RuntimeError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1

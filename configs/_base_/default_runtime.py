@@ -1,11 +1,9 @@
 # Runtime shared by every segmentation config: scope, hooks, logging, visualisation.
 #
-# TensorBoard: the LocalVisBackend writes scalars as json under the work dir. To also
-# write TensorBoard event files (needs the `tensorboard` package), put in your config
-#     vis_backends = [dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')]
-#     visualizer = dict(vis_backends=vis_backends)
-# or, on the command line of tools/train.py (TensorBoard instead of the local backend):
-#     --cfg-options visualizer.vis_backends.0.type=TensorboardVisBackend
+# Logging, as in the release: scalars as json (LocalVisBackend) and TensorBoard event files
+# under <work_dir>/<timestamp>/vis_data/. OptionalTensorboardVisBackend (soma/engine/
+# vis_backends.py) writes them when the `tensorboard` package is installed (`make setup`
+# installs it) and logs one info line and does nothing otherwise.
 default_scope = 'mmseg'
 custom_imports = dict(imports=['soma'], allow_failed_imports=False)
 
@@ -14,7 +12,7 @@ env_cfg = dict(
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
     dist_cfg=dict(backend='nccl'),
 )
-vis_backends = [dict(type='LocalVisBackend')]
+vis_backends = [dict(type='LocalVisBackend'), dict(type='OptionalTensorboardVisBackend')]
 visualizer = dict(type='SegLocalVisualizer', vis_backends=vis_backends, name='visualizer')
 log_processor = dict(by_epoch=False)
 log_level = 'INFO'

@@ -1,1 +1,51 @@
+"""The functions the tools and the README use, importable from ``soma.apis``.
 
+    from soma.apis import init_model, inference_model
+    model = init_model(config, checkpoint, device='cpu', backbone=converted)
+    result = inference_model(model, 'img.png')
+
+Names load lazily (PEP 562): ``import soma.apis`` imports none of its submodules, the first
+use of a name imports the submodule that defines it. Functions named like their submodule
+are exported under another name, so that ``soma.apis.train`` etc. stay the submodules:
+``run_train`` / ``run_test`` (the entry points of ``tools/train.py`` / ``tools/test.py``, taking
+their argument list) and ``run_benchmark`` (``soma.apis.benchmark.benchmark``).
+"""
+import importlib
+
+# public name -> (submodule, attribute)
+_EXPORTS = {}
+for _module, _names in {
+        'inference': ('init_model', 'inference_model', 'visualize', 'colorize',
+                      'CITYSCAPES_PALETTE'),
+        'checkpoint': ('extract_soma_weights', 'extract_soma_dgod_weights', 'merge_soma_weights',
+                       'fold_adapters', 'generate_full_weights', 'extract_file', 'merge_file',
+                       'load_soma_checkpoint', 'load_soma_checkpoint_file',
+                       'check_checkpoint_for_model', 'checkpoint_semantics'),
+        'convert_dinov2': ('convert_dinov2_checkpoint', 'convert_dinov2_state_dict',
+                           'hf_dinov2_to_ours'),
+        'spectrum': ('analyze_spectrum', 'layer_spectra', 'singular_values',
+                     'minor_energy_share'),
+        'benchmark': ('merged_copy', 'plain_copy', 'time_models'),
+        'demo': ('run_demo', ),
+        'demo_dgod': ('run_dgod_demo', ),
+}.items():
+    _EXPORTS.update({name: (_module, name) for name in _names})
+# functions named like their submodule get another name (the submodule keeps its own)
+_EXPORTS.update(run_train=('train', 'train'), run_test=('test', 'test'),
+                run_benchmark=('benchmark', 'benchmark'))
+del _module, _names
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    module, attr = _EXPORTS[name]
+    value = getattr(importlib.import_module(f'{__name__}.{module}'), attr)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -26,6 +26,7 @@ import re
 import torch
 from torch import nn
 
+from soma.apis.legacy_keys import rename_legacy_codetr_checkpoint
 from soma.peft.config import (ADAPTER_KEYWORD, DEFAULT_TARGET_MODULES, META_KEY,
                               SEMANTICS_RELEASE, SEMANTICS_RESIDUAL, WRAPPED_MODEL_ATTR)
 from soma.utils.checkpoint_io import (EMA_STATE_DICT, CheckpointError, get_state_dict,
@@ -36,7 +37,9 @@ __all__ = [
     'load_soma_checkpoint_file', 'checkpoint_semantics', 'is_adapter_key',
     'extract_soma_weights', 'extract_soma_dgod_weights', 'merge_soma_weights',
     'fold_adapters', 'generate_full_weights', 'check_checkpoint_for_model',
-    'prepare_checkpoint', 'load_soma_checkpoint', 'extract_file', 'merge_file'
+    'prepare_checkpoint', 'load_soma_checkpoint', 'extract_file', 'merge_file',
+    'release_adapter_config', 'adapted_layers_in', 'soma_delta_model', 'extract_peft_dir',
+    'merge_soma_weights_with_peft', 'merge_peft_file'
 ]
 
 BACKBONE_PREFIX = f'backbone.{WRAPPED_MODEL_ATTR}.'
@@ -63,10 +66,16 @@ def _name(ckpt, default):
 
 # --------------------------------------------------------------------------- file level
 def load_soma_checkpoint_file(path_or_ckpt):
-    """A checkpoint dict from a path (``.pth``/``.safetensors``) or a dict (passed through)."""
+    """A checkpoint dict from a path (``.pth``/``.safetensors``) or a dict (passed through).
+
+    The release's Co-DETR key names are replaced by ours here, in ``state_dict`` and
+    ``ema_state_dict`` (:mod:`soma.apis.legacy_keys`, logged), so every loader, check and
+    tool below sees this project's layout and writes it.
+    """
     if not isinstance(path_or_ckpt, dict):
-        return load_checkpoint_file(path_or_ckpt)
-    return path_or_ckpt
+        return rename_legacy_codetr_checkpoint(load_checkpoint_file(path_or_ckpt),
+                                               os.fspath(path_or_ckpt))
+    return rename_legacy_codetr_checkpoint(path_or_ckpt, 'the checkpoint dict')
 
 
 def checkpoint_semantics(ckpt):
@@ -270,28 +279,57 @@ def _skeleton(weights):
 
 
 def _soma_config(soma_meta, layers, name='adapter checkpoint'):
-    """The SoMAConfig recorded in ``meta['soma']``, or inferred from the adapter keys."""
+    """The SoMAConfig recorded in ``meta['soma']``, or the release's inferred from the keys."""
     from soma.peft.config import SoMAConfig
     cfg = soma_meta.get('lora_cfg') or soma_meta.get('config')
     if cfg:
         return SoMAConfig.from_dict(dict(cfg))
+    return release_adapter_config(layers, name)
+
+
+def release_adapter_config(layers, name='adapter checkpoint'):
+    """The adapter config of a checkpoint that records none (the release's), from its ranks.
+
+    ``layers``: ``{layer name (blocks.<i>....): rank of its lora_A}``. The release always
+    sets ``lora_alpha = r``, and its ``rank_ramp`` raises the rank of block ``i`` to
+    ``r * f`` (f = 1, 2, 4, 8 from blocks 0, 12, 16, 20) with ``lora_alpha`` unchanged, so:
+
+    * one rank ``r`` everywhere: ``r``, ``lora_alpha = r``, scale ``s = 1``;
+    * ranks ``r * f`` following the ramp: ``r`` (the rank of ``f = 1``), ``lora_alpha = r``,
+      ``rank_ramp=True``: the scale of a block is ``r / (r * f) = 1 / f`` (1, 1/2, 1/4, 1/8).
+
+    Refused (one-line :class:`CheckpointError`), as the scale cannot be known: ranks that
+    vary in no ramp pattern, and one rank on blocks that all lie in one ramp segment from
+    block 12 on (with or without the ramp, scale 1 or ``1 / f``).
+    """
+    from soma.peft.config import RANK_RAMP_STARTS, SoMAConfig
     if not layers:
         raise CheckpointError(f'{name}: no adapter config in meta and no lora keys')
-    blocks = sorted({int(n.split('.')[1]) for n in layers})
+    block_of = {n: int(n.split('.')[1]) for n in layers}
+    blocks = sorted(set(block_of.values()))
     suffixes = sorted({n.split('.')[-1] for n in layers})
-    config = SoMAConfig(r=min(layers.values()), target_modules=suffixes,
-                        start_lora_idx=blocks[0])
-    if len(set(layers.values())) > 1:  # ranks grow with depth: the release's rank_ramp
-        ramp = SoMAConfig(r=1, rank_ramp=True)
-        bases = {rank // ramp.rank_for_block(int(n.split('.')[1])) for n, rank in layers.items()}
-        if len(bases) != 1 or any(rank % ramp.rank_for_block(int(n.split('.')[1]))
-                                  for n, rank in layers.items()):
-            raise CheckpointError(f'{name}: adapter ranks vary across layers in no known '
-                                  f'pattern ({sorted(set(layers.values()))}); record lora_cfg '
-                                  f"in meta['{META_KEY}']")
-        config = SoMAConfig(r=bases.pop(), rank_ramp=True, target_modules=suffixes,
-                            start_lora_idx=blocks[0])
-    return config
+    ramp = SoMAConfig(r=1, rank_ramp=True)
+    factors = {ramp.rank_for_block(b) for b in blocks}
+    fix = f"record lora_cfg (r, lora_alpha, rank_ramp) in meta['{META_KEY}']"
+    ranks = sorted(set(layers.values()))
+    if len(ranks) == 1:
+        if factors != {1} and len(factors) == 1:
+            raise CheckpointError(
+                f'{name}: no adapter config in meta and one rank r={ranks[0]} on blocks '
+                f'{blocks[0]}..{blocks[-1]} (one segment of rank_ramp, which starts at '
+                f'{list(RANK_RAMP_STARTS)}): the adapter scale is 1 without rank_ramp, '
+                f'1/{factors.pop()} with it, and cannot be known; {fix}')
+        return SoMAConfig(r=ranks[0], lora_alpha=ranks[0], target_modules=suffixes,
+                          start_lora_idx=blocks[0])
+    bases = {rank // ramp.rank_for_block(block_of[n]) for n, rank in layers.items()}
+    if len(bases) != 1 or any(rank % ramp.rank_for_block(block_of[n])
+                              for n, rank in layers.items()):
+        raise CheckpointError(
+            f'{name}: no adapter config in meta and adapter ranks {ranks} that vary across '
+            f'layers in no rank_ramp pattern, so the adapter scale cannot be known; {fix}')
+    base = bases.pop()
+    return SoMAConfig(r=base, lora_alpha=base, rank_ramp=True, target_modules=suffixes,
+                      start_lora_idx=blocks[0])
 
 
 def _soma_model(weights, config, init):
@@ -372,7 +410,8 @@ def fold_adapters(full_ckpt):
     The result has plain DINOv2 keys under ``backbone.`` (no ``.model.``, no ``lora``) plus
     the heads, so it loads into a segmentor whose backbone has no ``lora_cfg``. The sum is
     computed by ``soma.peft`` (``SoMAModel.merge_and_unload``) with the recorded adapter
-    config (inferred from the keys for a released checkpoint without one). EMA is dropped.
+    config; a released checkpoint records none: rank from the adapter shapes and the
+    release's ``lora_alpha = r`` (:func:`release_adapter_config`). EMA is dropped.
     """
     full_ckpt = load_soma_checkpoint_file(full_ckpt)
     state_dict = get_state_dict(full_ckpt)
@@ -612,6 +651,130 @@ def load_soma_checkpoint(model, checkpoint, backbone=None, cfg=None, config_path
     return ckpt
 
 
+# --------------------------------------------------------------------------- loading by a runner
+def adapted_layers_in(ckpt, layers):
+    """``(has adapters, has weights)`` of a checkpoint about to be loaded into a SoMA model.
+
+    ``layers``: the model's adapted layer names (relative to ``backbone.model``). Whether the
+    state dict holds their ``lora_A`` keys, and whether it holds their ``weight`` too (a full
+    checkpoint, whose semantics then say what the weights are). ``module.`` prefixes (a
+    wrapped model's save) are read as mmengine's loading does, without them.
+    """
+    keys = {k[len(EMA_PREFIX):] if k.startswith(EMA_PREFIX) else k for k in get_state_dict(ckpt)}
+    lora = [n for n in layers if f'{BACKBONE_PREFIX}{n}{LORA_A}' in keys]
+    return bool(lora), any(f'{BACKBONE_PREFIX}{n}.weight' in keys for n in lora)
+
+
+# --------------------------------------------------------------------------- peft
+def soma_delta_model(ckpt, backbone_ckpt, device='cpu', semantics=None):
+    """A checkpoint's trained adapters on the converted backbone, ready for a peft export.
+
+    Returns ``(soma_model, initial)``: a ``SoMAModel`` around the adapted layers of the
+    converted backbone (a skeleton of ``nn.Linear``), holding the checkpoint's ``lora_A``,
+    ``lora_B`` and target biases. For 'residual' semantics ``initial`` is ``{layer: (B0,
+    A0)}``, the SoMA initialisation of W_pretrained, recomputed here once with
+    ``soma.peft`` on ``device`` (the training device gives the training's values), and the
+    model's weights are W_res; for 'release' it is ``None`` and they are W_pretrained.
+    ``semantics`` overrides the recorded one. Feed both to
+    :func:`soma.peft.interop.save_peft_delta`. The EMA copy is not used.
+    """
+    ckpt = load_soma_checkpoint_file(ckpt)
+    state_dict = get_state_dict(ckpt)
+    _require_adapters(state_dict, 'checkpoint')
+    backbone = _backbone_state_dict(backbone_ckpt)
+    _check_adapter_fits(backbone, state_dict)
+    semantics = semantics or checkpoint_semantics(ckpt)
+    layers = _adapted_layers({k: v for k, v in state_dict.items()
+                              if not k.startswith(EMA_PREFIX)})
+    config = _soma_config(_output_meta(ckpt).get(META_KEY) or {}, layers)
+    weights = {n: (backbone[f'{n}.weight'].to(device, torch.float32),
+                   None if backbone.get(f'{n}.bias') is None
+                   else backbone[f'{n}.bias'].to(device, torch.float32)) for n in layers}
+    model = _soma_model(weights, config, init=semantics == SEMANTICS_RESIDUAL)
+    adapted = model.adapted_layers()
+    _check_layer_sets(adapted, layers, 'checkpoint')
+    initial = None
+    if semantics == SEMANTICS_RESIDUAL:
+        initial = {n: (m.lora_B.weight.detach().cpu().clone(),
+                       m.lora_A.weight.detach().cpu().clone()) for n, m in adapted.items()}
+    with torch.no_grad():
+        for name, layer in adapted.items():
+            key = BACKBONE_PREFIX + name
+            layer.lora_A.weight.copy_(state_dict[key + LORA_A])
+            layer.lora_B.weight.copy_(state_dict[key + LORA_B])
+            if layer.bias is not None and f'{key}.bias' in state_dict:
+                layer.bias.copy_(state_dict[f'{key}.bias'])
+            layer.lora_initialized = True
+    return model.to('cpu'), initial
+
+
+def extract_peft_dir(ckpt, backbone_ckpt, directory, device='cpu', semantics=None):
+    """Write a checkpoint's adapters as a peft LoRA folder over the converted backbone.
+
+    ``PeftModel.from_pretrained(<plain DINOv2 with the converted weights>, directory)`` then
+    computes what the SoMA model computes (:func:`soma_delta_model`,
+    :func:`soma.peft.interop.save_peft_delta`). Returns ``{file name: path}``.
+    """
+    from soma.peft.interop import save_peft_delta
+    model, initial = soma_delta_model(ckpt, backbone_ckpt, device, semantics)
+    return save_peft_delta(model, os.fspath(directory), initial)
+
+
+def _residual_weights_from_peft(backbone, adapter, peft_layers, config, device='cpu'):
+    """``{layer.weight: W_res}``: ``W_pre - s*B0@A0`` with ``B0, A0`` from the rank-2r peft
+    adapter of :func:`extract_peft_dir` (its second halves); no SVD."""
+    out = {}
+    for name, rank in _adapted_layers(adapter).items():
+        key = BACKBONE_PREFIX + name
+        if f'{key}.weight' in adapter:
+            continue
+        peft = peft_layers.get(name)
+        if peft is None or 'lora_A' not in peft or 'lora_B' not in peft:
+            raise CheckpointError(f'peft adapter: no lora_A/lora_B for {name}')
+        lora_a, lora_b = peft['lora_A'], peft['lora_B']
+        if lora_a.shape[0] != 2 * rank or lora_b.shape[1] != 2 * rank:
+            raise CheckpointError(
+                f'peft adapter: {name}.lora_A has rank {lora_a.shape[0]}, expected 2 x {rank} '
+                f"for a 'residual' adapter (write it with extract_soma_weights.py --peft-dir)")
+        if not (torch.equal(lora_a[:rank], adapter[key + LORA_A])
+                and torch.equal(lora_b[:, :rank], adapter[key + LORA_B])):
+            raise CheckpointError(f'peft adapter: {name} differs from {key}{LORA_A} of the '
+                                  f'adapter checkpoint; they come from different models')
+        a0 = lora_a[rank:].to(device, torch.float32).contiguous()
+        b0 = (-lora_b[:, rank:]).to(device, torch.float32).contiguous()
+        weight = backbone[f'{name}.weight'].to(device, torch.float32)
+        # the same op as SoMALinear.init_adapter: W_res = W - s*B0@A0
+        out[f'{key}.weight'] = weight.addmm(b0, a0, alpha=-(config.lora_alpha / rank)).cpu()
+    return out
+
+
+def merge_soma_weights_with_peft(backbone_ckpt, adapter_ckpt, peft_dir, device='cpu'):
+    """:func:`merge_soma_weights` without its SVD: W_res comes from the peft folder.
+
+    For a 'residual' adapter the SoMA initialisation ``B0, A0`` is read from the folder
+    written by :func:`extract_peft_dir` (rank 2r: ``[B | -B0]``, ``[A ; A0]``; its first
+    halves must equal the adapter's), so ``W_res = W_pre - s*B0@A0`` is one matmul. A
+    'release' adapter needs no rebuild (the folder is only checked to exist).
+    """
+    from soma.peft.interop import load_peft_adapter_weights
+    peft_layers = load_peft_adapter_weights(peft_dir)
+    adapter_ckpt = load_soma_checkpoint_file(adapter_ckpt)
+    if checkpoint_semantics(adapter_ckpt) != SEMANTICS_RESIDUAL:
+        return merge_soma_weights(backbone_ckpt, adapter_ckpt, device=device)
+    backbone = _backbone_state_dict(backbone_ckpt)
+    adapter = get_state_dict(adapter_ckpt)
+    _require_adapters(adapter, 'adapter checkpoint')
+    _check_adapter_fits(backbone, adapter)
+    config = _soma_config(_output_meta(adapter_ckpt).get(META_KEY) or {},
+                          _adapted_layers(adapter))
+    residual = _residual_weights_from_peft(backbone, adapter, peft_layers, config, device)
+    completed = dict(adapter_ckpt, state_dict=dict(adapter, **residual))
+    ema = adapter_ckpt.get(EMA_STATE_DICT)
+    if isinstance(ema, dict):
+        completed[EMA_STATE_DICT] = dict(ema, **{EMA_PREFIX + k: v for k, v in residual.items()})
+    return merge_soma_weights(backbone, completed, device=device)
+
+
 # --------------------------------------------------------------------------- CLI helpers
 def _save(ckpt, path, overwrite=True):
     if not overwrite and osp.exists(path):
@@ -630,4 +793,10 @@ def extract_file(final_ckpt, soma_ckpt, target_modules=DEFAULT_TARGET_MODULES, d
 def merge_file(backbone_ckpt, soma_ckpt, merged_ckpt, merge_adapters=False, device='cpu'):
     """Merge files and save the full checkpoint (atomically)."""
     return _save(generate_full_weights(backbone_ckpt, soma_ckpt, merge_adapters, device),
+                 merged_ckpt)
+
+
+def merge_peft_file(backbone_ckpt, soma_ckpt, peft_dir, merged_ckpt, device='cpu'):
+    """:func:`merge_soma_weights_with_peft` from files, saved atomically."""
+    return _save(merge_soma_weights_with_peft(backbone_ckpt, soma_ckpt, peft_dir, device),
                  merged_ckpt)

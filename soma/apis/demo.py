@@ -73,6 +73,8 @@ def set_image_size(cfg, size):
     pipelines = [d['pipeline'] for loader in ('train_dataloader', 'val_dataloader',
                                               'test_dataloader') if cfg.get(loader)
                  for d in _leaf_datasets(cfg[loader]['dataset'])]
+    if cfg.get('test_pipeline'):  # what init_model / inference_model use
+        pipelines.append(cfg.test_pipeline)
     for pipeline in pipelines:
         for t in pipeline:
             if t['type'] == 'RandomChoiceResize':

@@ -70,8 +70,9 @@ def init_model(config, checkpoint=None, device='cpu', backbone=None, cfg_options
 
     Args:
         config: config path, ``mmengine.Config`` or dict.
-        checkpoint: full or adapter + head checkpoint (``.pth``/``.safetensors``); checked
-            against the model first (:func:`soma.apis.checkpoint.check_checkpoint_for_model`).
+        checkpoint: full or adapter + head checkpoint (``.pth``/``.safetensors``; the
+            release's Co-DETR key names are renamed to ours); checked against the model
+            first (:func:`soma.apis.checkpoint.check_checkpoint_for_model`).
         device: where the model goes.
         backbone: converted DINOv2 checkpoint, merged into an adapter-only ``checkpoint``;
             without ``checkpoint`` it initialises the backbone (and the adapters) and leaves

@@ -4,6 +4,7 @@ The config's own ``default_scope`` (``mmseg`` for ``configs/``, ``mmdet`` for
 ``DGOD/configs``) decides which registries are used; ``import soma`` has registered our
 modules in both.
 """
+import logging
 import os
 import os.path as osp
 import sys
@@ -12,7 +13,7 @@ import uuid
 import torch
 
 __all__ = ['load_config', 'set_work_dir', 'setup_launcher', 'check_data_roots', 'run_cli',
-           'unique_visualizer_name']
+           'unique_visualizer_name', 'amp_dtype', 'enable_amp', 'amp_autocast']
 
 
 def unique_visualizer_name(cfg):
@@ -78,6 +79,88 @@ def setup_launcher(cfg):
             type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
             find_unused_parameters=cfg.get('find_unused_parameters', False))
     return cfg
+
+
+def _mmcv_cuda_ops_take(dtype):
+    """Whether mmcv's CUDA kernels our models use (multi-scale deformable attention of
+    Mask2Former and Co-DETR, RoIAlign, nms) run in ``dtype``; mmcv 2.1 dispatches them for
+    float32/float64/float16 only, so bfloat16 autocast would fail inside them."""
+    try:
+        from mmcv.ops import nms, roi_align
+        from mmcv.ops.multi_scale_deform_attn import MultiScaleDeformableAttnFunction
+        value = torch.zeros(1, 4, 1, 2, device='cuda', dtype=dtype)
+        shapes = torch.tensor([[2, 2]], device='cuda')
+        start = torch.tensor([0], device='cuda')
+        loc = torch.full((1, 1, 1, 1, 1, 2), 0.5, device='cuda', dtype=dtype)
+        weight = torch.ones(1, 1, 1, 1, 1, device='cuda', dtype=dtype)
+        MultiScaleDeformableAttnFunction.apply(value, shapes, start, loc, weight, 64)
+        rois = torch.tensor([[0, 0, 0, 2, 2]], device='cuda', dtype=dtype)
+        roi_align(torch.zeros(1, 1, 4, 4, device='cuda', dtype=dtype), rois, (2, 2), 1.0, 0,
+                  'avg', True)
+        nms(rois[:, 1:], rois[:, 0] + 1, 0.5)
+        torch.cuda.synchronize()
+    except (RuntimeError, ImportError):
+        return False
+    return True
+
+
+def amp_dtype(device_type):
+    """The autocast dtype of ``--amp`` on ``device_type``: 'bfloat16' or 'float16'.
+
+    CPU: bfloat16. CUDA: bfloat16 when the GPU supports it and mmcv's CUDA kernels accept
+    it, else float16 (trained with dynamic loss scaling). Other devices: float16.
+    """
+    if device_type == 'cpu':
+        return 'bfloat16'
+    if device_type == 'cuda' and torch.cuda.is_bf16_supported() \
+            and _mmcv_cuda_ops_take(torch.bfloat16):
+        return 'bfloat16'
+    return 'float16'
+
+
+def enable_amp(cfg, device_type=None):
+    """``--amp`` for training: mixed precision through the config's optimizer wrapper.
+
+    GPU (and NPU/MLU): mmengine's ``AmpOptimWrapper`` with ``dtype`` from :func:`amp_dtype`
+    and ``loss_scale='dynamic'``; CPU: ``AutocastOptimWrapper`` (bfloat16 autocast, no
+    scaling: mmengine's wrapper needs a GPU), segmentation only (mmcv's CPU detection
+    kernels have no bfloat16). A config already using one is kept. Returns the dtype name.
+    """
+    from mmengine.device import get_device
+    from mmengine.logging import print_log
+    device_type = device_type or get_device()
+    dtype = amp_dtype(device_type)
+    wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+    if wrapper in ('AmpOptimWrapper', 'AutocastOptimWrapper'):
+        print_log('AMP is already enabled in the config', logger='current',
+                  level=logging.WARNING)
+        return str(cfg.optim_wrapper.get('dtype', 'float16')).replace('torch.', '')
+    if wrapper != 'OptimWrapper':
+        raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper, the config has '
+                         f'{wrapper}')
+    if device_type == 'cpu' and cfg.get('default_scope') == 'mmdet':
+        raise ValueError('--amp on the CPU is bfloat16 autocast, and the CPU kernels of mmcv '
+                         '2.1 (nms, RoIAlign) take float32/float16 only: detection with --amp '
+                         'needs a GPU (float16 there)')
+    cfg.optim_wrapper.dtype = dtype
+    if device_type == 'cpu':
+        cfg.optim_wrapper.type = 'AutocastOptimWrapper'
+    else:
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    return dtype
+
+
+def amp_autocast(enabled=True, device_type=None):
+    """``--amp`` for testing: ``torch.autocast`` on the device in :func:`amp_dtype`'s dtype
+    (a no-op context when ``enabled`` is False)."""
+    from contextlib import nullcontext
+
+    from mmengine.device import get_device
+    if not enabled:
+        return nullcontext()
+    device_type = device_type or get_device()
+    return torch.autocast(device_type, dtype=getattr(torch, amp_dtype(device_type)))
 
 
 def _dataset_cfgs(dataset):

@@ -174,7 +174,10 @@ def analyze_spectrum(converted, soma_ckpt=None, r=16, out_dir='work_dirs/spectru
     """Compute the spectra, write CSVs and PNGs to ``out_dir``; returns the output paths.
 
     ``converted``: converted DINOv2 file (or state dict); ``soma_ckpt``: an adapter (or full)
-    SoMA checkpoint whose effective trained weights are analysed too.
+    SoMA checkpoint whose effective trained weights are analysed too, folded with the scale
+    :func:`soma.apis.checkpoint.fold_adapters` uses (the recorded adapter config; for a
+    released checkpoint without one, the release's ``lora_alpha = r``, see
+    :func:`soma.apis.checkpoint.release_adapter_config`).
     """
     from soma.apis.checkpoint import (PLAIN_BACKBONE_PREFIX, _adapted_layers,
                                       _backbone_state_dict, fold_adapters, merge_soma_weights)

@@ -1,7 +1,7 @@
 """Evaluation entry point (``tools/test.py``) over mmengine's Runner.
 
     python tools/test.py CONFIG CHECKPOINT [--backbone CONVERTED] [--tta] [--out DIR]
-                         [--show-dir DIR] [--work-dir DIR] [--cfg-options k=v ...]
+                         [--show-dir DIR] [--work-dir DIR] [--amp] [--cfg-options k=v ...]
                          [--launcher pytorch]
 
 The checkpoint is read with ``soma.utils.checkpoint_io`` (weights-only; ``.pth`` or
@@ -10,14 +10,18 @@ The checkpoint is read with ``soma.utils.checkpoint_io`` (weights-only; ``.pth``
 another architecture, resolution or adapter rank). ``--backbone``: an adapter/head-only
 checkpoint (a released ``soma_dinov2-L_*_best.pth`` or one extracted from this project) is
 merged with the converted backbone (its keys go under ``backbone.model.``) when loaded,
-respecting the adapter semantics it records. ``--show-dir``: coloured predictions (next to
+respecting the adapter semantics it records. A detector checkpoint in the release's legacy
+Co-DETR key names (``soma_dinov2-L_dgod_best.pth``) is renamed on load
+(:mod:`soma.apis.legacy_keys`). ``--show-dir``: coloured predictions (next to
 the ground truth) are written under ``DIR/vis_data/vis_image/`` (segmentation) or to
 ``DIR`` (detection). ``--out``: predicted label maps as PNG files in ``DIR`` (segmentation)
-or a ``.pkl`` of the results (detection).
+or a ``.pkl`` of the results (detection). ``--amp``: the test runs under autocast, bfloat16
+where supported, else float16 (:func:`soma.apis.launch.amp_autocast`).
 """
 import argparse
 
-from soma.apis.launch import check_data_roots, load_config, run_cli, set_work_dir, setup_launcher
+from soma.apis.launch import (amp_autocast, check_data_roots, load_config, run_cli, set_work_dir,
+                              setup_launcher)
 
 __all__ = ['parse_args', 'build_test_config', 'test', 'main']
 
@@ -37,6 +41,8 @@ def parse_args(argv=None):
     parser.add_argument('--show', action='store_true', help='show predictions in a window')
     parser.add_argument('--wait-time', type=float, default=2, help='--show interval (s)')
     parser.add_argument('--work-dir', help='folder for the logs and metrics')
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed precision: autocast to bfloat16 where supported, else float16')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -123,7 +129,8 @@ def test(args):
     if args.out and _is_det(cfg):
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-    return runner.test()
+    with amp_autocast(getattr(args, 'amp', False)):
+        return runner.test()
 
 
 def main(argv=None):

@@ -10,13 +10,16 @@
 1024 G+S+U configs, 8 for Cityscapes -> B,M, 8 = 2 x 4 GPUs for ACDC and for the detector);
 a config without one is taken to be a single-GPU recipe (its per-GPU batch). So on 2 GPUs
 with the per-GPU batch of a single-GPU release you get 2x the released learning rate.
-Without the flag the configured learning rate is used as is.
+Without the flag the configured learning rate is used as is. ``--amp``: bfloat16 autocast
+(CPU, GPUs that support it) or float16 with dynamic loss scaling
+(:func:`soma.apis.launch.enable_amp`).
 """
 import argparse
 import logging
 import os.path as osp
 
-from soma.apis.launch import check_data_roots, load_config, run_cli, set_work_dir, setup_launcher
+from soma.apis.launch import (check_data_roots, enable_amp, load_config, run_cli, set_work_dir,
+                              setup_launcher)
 
 __all__ = ['parse_args', 'build_train_config', 'train', 'main']
 
@@ -26,7 +29,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train a segmentor/detector with SoMA')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
-    parser.add_argument('--amp', action='store_true', help='automatic mixed precision')
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed precision: bfloat16 autocast where supported (CPU, recent '
+                             'GPUs), else float16 with dynamic loss scaling')
     parser.add_argument(
         '--resume', nargs='?', type=str, const='auto',
         help='resume from the latest checkpoint of the work dir (no value or "auto") or '
@@ -47,16 +52,7 @@ def build_train_config(args):
     cfg = load_config(args.config, args.cfg_options, args.launcher)
     set_work_dir(cfg, args.work_dir)
     if args.amp:
-        wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
-        if wrapper == 'AmpOptimWrapper':
-            print_log('AMP is already enabled in the config', logger='current',
-                      level=logging.WARNING)
-        elif wrapper != 'OptimWrapper':
-            raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper, the config has '
-                             f'{wrapper}')
-        else:
-            cfg.optim_wrapper.type = 'AmpOptimWrapper'
-            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+        enable_amp(cfg)
     if args.resume == 'auto':
         cfg.resume = True
         cfg.load_from = None

@@ -19,9 +19,11 @@ class DGIoUMetric(IoUMetric):
     Each sample goes to the first of ``dataset_keys`` found in its own ``img_path`` (then
     ``seg_map_path``); a sample matching no key is an error. Returns, for each key,
     ``<name>_<metric>`` (``<name>`` is the key without surrounding ``/``: ``'night/'`` gives
-    ``night_mIoU``), and ``mean_<metric>`` averaged over ``mean_used_keys`` (default: all
-    keys), for the summary metrics of ``iou_metrics`` (``aAcc``, ``mIoU``, ``mAcc``, ...).
-    One table is logged: per-class IoU of every target, then the mIoU row.
+    ``night_mIoU``) in percent rounded to 2 decimals as mmseg's ``IoUMetric`` reports it, and
+    ``mean_<metric>``, the mean of those over ``mean_used_keys`` (default: all keys), *not*
+    rounded (as in the release; ``CheckpointHook(save_best='mean_mIoU')`` compares it), for
+    the summary metrics of ``iou_metrics`` (``aAcc``, ``mIoU``, ``mAcc``, ...). One table is
+    logged: per-class IoU of every target, then the mIoU row (rounded for display only).
 
     Args:
         dataset_keys: substrings that identify the domains in the image paths.
@@ -89,8 +91,8 @@ class DGIoUMetric(IoUMetric):
         used = [k for k in self.mean_used_keys if k in per_class]
         for metric_name in summary_names:
             values = [metrics[f'{self._name(k)}_{metric_name}'] for k in used]
-            if values:
-                metrics[f'mean_{metric_name}'] = float(np.round(np.mean(values), 2))
+            if values:  # not rounded (as the release): save_best compares it
+                metrics[f'mean_{metric_name}'] = float(sum(values) / len(values))
         self._log_table(per_class, metrics, used, logger)
         return dict(metrics)
 

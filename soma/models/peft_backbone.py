@@ -30,7 +30,9 @@ def wrap_backbone_with_soma(backbone: nn.Module):
     """Wrap ``backbone`` with SoMA built from its ``lora_cfg``; return the ``SoMAModel``.
 
     The SVD runs now only when ``svd_init_on == 'construction'`` (the original release's
-    order); otherwise it waits for :func:`init_soma_after_weights`.
+    order); otherwise it waits for :func:`init_soma_after_weights`. In construction mode
+    ``DinoVisionTransformer`` (reading the same ``lora_cfg``) has left its linears as
+    PyTorch's default init made them, so the SVD sees the release's random weights.
     """
     from soma.peft import SoMAConfig, SoMAModel
     config = SoMAConfig.from_dict(_lora_cfg_of(backbone))
@@ -38,6 +40,8 @@ def wrap_backbone_with_soma(backbone: nn.Module):
 
 
 def _has_pretrained_init(module: nn.Module) -> bool:
+    if getattr(module, 'loads_pretrained_weights', False):  # e.g. HFVisionBackbone(model=dir)
+        return True
     init_cfg = getattr(module, 'init_cfg', None)
     cfgs = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
     return any(isinstance(c, dict) and c.get('type') == 'Pretrained' for c in cfgs)

@@ -4,12 +4,16 @@ Field names and defaults are those of the original release (its ``SoraConfig``),
 release's config dicts load unchanged; ``svd_init_on`` and ``layers_pattern`` are this
 project's additions.
 
+``enable_lora`` (a field of the release's config that the release never reads) is accepted and
+ignored, with a warning, so the release's configs keep loading; it is not stored.
+
 ``fan_in_fan_out`` is accepted for compatibility; ``True`` means a layer stores its weight as
 (in, out) (GPT-2 ``Conv1D``). There is no transposed-weight layer here, so ``True`` is an error
 as soon as it meets an ``nn.Linear`` target (see :func:`soma.peft.model.apply_soma`).
 """
 import re
-from dataclasses import asdict, dataclass, field, fields
+import warnings
+from dataclasses import InitVar, asdict, dataclass, field, fields
 from typing import List, Optional, Union
 
 __all__ = [
@@ -20,8 +24,11 @@ __all__ = [
 
 # --- facts owned by this module (everyone else imports them from here) ---
 DEFAULT_TARGET_MODULES = ('q', 'k', 'v', 'proj', 'fc1', 'fc2')
-# always frozen, re-applied at every train() call (substring of the parameter name)
-ALWAYS_FROZEN_KEYWORDS = ('norm1', 'norm2', 'ls1', 'ls2', 'pos_embed', 'patch_embed')
+# always frozen, re-applied at every train() call (substring of the parameter name); the
+# transformers spellings too: norm1/norm2 also match Siglip's layer_norm1/2, patch_embed
+# matches patch_embeddings/patch_embedding, layer_scale (ls1/ls2), position_embedding(s)
+ALWAYS_FROZEN_KEYWORDS = ('norm1', 'norm2', 'ls1', 'ls2', 'pos_embed', 'patch_embed',
+                          'layer_scale', 'position_embedding')
 # trained besides the adapters and the target biases (substring of the parameter name)
 TRAINABLE_TOKEN_KEYWORDS = ('mask_token',)
 ADAPTER_KEYWORD = 'lora'  # every adapter parameter name contains it
@@ -73,6 +80,8 @@ class SoMAConfig:
         layers_pattern: regex of the block container name; a module in ``<pattern>.<i>.``
             has block index i. None: no blocks, every matching linear is adapted with rank r
             (``start_lora_idx`` and ``rank_ramp`` do not apply).
+        enable_lora: the release's unused field; any value but None warns and is ignored
+            (not a field: ``to_dict()`` and ``==`` never see it).
     """
     type: str = 'sora'
     r: int = 16
@@ -90,8 +99,13 @@ class SoMAConfig:
     modules_to_save: Optional[List[str]] = None
     svd_init_on: str = 'pretrained'
     layers_pattern: Optional[str] = 'blocks'
+    enable_lora: InitVar[Optional[object]] = None
 
-    def __post_init__(self):
+    def __post_init__(self, enable_lora=None):
+        if enable_lora is not None:
+            warnings.warn(f'SoMAConfig: lora_cfg key enable_lora={enable_lora!r} is ignored '
+                          f'(the original release never used it either)', UserWarning,
+                          stacklevel=3)
         if self.type not in _TYPES:
             raise ValueError(f"SoMAConfig.type must be 'sora' or 'soma', got {self.type!r}")
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
@@ -142,11 +156,12 @@ class SoMAConfig:
 
     @classmethod
     def from_dict(cls, cfg: dict) -> 'SoMAConfig':
-        """Build from a config dict (``lora_cfg``); unknown keys are an error."""
+        """Build from a config dict (``lora_cfg``); unknown keys are an error
+        (``enable_lora`` is accepted and ignored with a warning)."""
         if isinstance(cfg, cls):
             return cfg
         cfg = dict(cfg)
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} | {'enable_lora'}
         unknown = sorted(set(cfg) - known)
         if unknown:
             raise ValueError(

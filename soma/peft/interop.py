@@ -25,12 +25,26 @@ mask token as frozen weights), nor the base weights themselves: the adapter alon
 meaningless on the original pretrained weights (it needs W_res; for a checkpoint of the
 release's semantics the stored weight is W_pretrained and the same export holds).
 ``peft`` is imported only inside these functions.
+
+The adapters a peft user can share, over the PUBLIC pretrained weights (no residual base):
+:func:`export_peft_delta` / :func:`save_peft_delta` write the trained change as a LoRA on
+``W_pretrained``, as peft does for PiSSA (``save_pretrained(...,
+path_initial_model_for_weight_conversion=...)``). For the 'residual' semantics, with
+``B0, A0`` the SoMA initialisation of ``W_pretrained`` (``W_res = W_pre - s*B0@A0``):
+``W_res + s*B@A = W_pre + s*[B | -B0] @ [A ; A0]``: rank 2r, same scale s (peft:
+``r' = 2r``, ``lora_alpha' = 2*lora_alpha``, ``rank_pattern`` doubled). For 'release' the
+change is ``s*B@A`` (rank r). The folder holds ``adapter_config.json`` and
+``adapter_model.safetensors`` with ``lora_A``/``lora_B`` and the trained biases of the
+adapted layers (``bias='lora_only'``: peft loads ``<layer>.base_layer.bias`` into the base
+layer). Load: ``PeftModel.from_pretrained(<plain model with the converted weights>, dir)``.
+Not carried: the ``mask_token`` (used only with token masks, never by segmentation) and
+``modules_to_save``.
 """
 import os
 import os.path as osp
 import re
 import tempfile
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -39,6 +53,7 @@ from .config import ADAPTER_KEYWORD
 from .model import SoMAModel, adapted_layers, block_index
 
 __all__ = ['PEFT_PREFIX', 'to_lora_config', 'export_peft_adapter', 'save_peft_adapter',
+           'export_peft_delta', 'save_peft_delta', 'load_peft_adapter_weights',
            'ADAPTER_CONFIG_NAME', 'ADAPTER_WEIGHTS_NAME', 'RESIDUAL_BASE_NAME']
 
 PEFT_PREFIX = 'base_model.model.'  # peft's key prefix in saved adapters
@@ -53,14 +68,20 @@ def _peft_matches(lora_config, model: nn.Module):
             if n and check_target_module_exists(lora_config, n) is True}
 
 
-def to_lora_config(soma_model: SoMAModel):
-    """The ``peft.LoraConfig`` that adapts the same layers with the same ranks and scales."""
+def to_lora_config(soma_model: SoMAModel, rank_factor: int = 1, bias: str = 'none'):
+    """The ``peft.LoraConfig`` that adapts the same layers with the same ranks and scales.
+
+    ``rank_factor``: every rank and ``lora_alpha`` times this (the scale stays), e.g. 2 for
+    the rank-2r delta of :func:`export_peft_delta`. ``bias``: peft's bias mode.
+    """
     from peft import LoraConfig
     config = soma_model.peft_config
     layers = adapted_layers(soma_model.model)
-    rank_pattern = {re.escape(n): m.r for n, m in layers.items() if m.r != config.r}
-    common = dict(r=config.r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                  rank_pattern=rank_pattern, bias='none', fan_in_fan_out=False)
+    rank_pattern = {re.escape(n): m.r * rank_factor for n, m in layers.items()
+                    if m.r != config.r}
+    common = dict(r=config.r * rank_factor, lora_alpha=config.lora_alpha * rank_factor,
+                  lora_dropout=config.lora_dropout, rank_pattern=rank_pattern, bias=bias,
+                  fan_in_fan_out=False)
     if isinstance(config.target_modules, list) and config.layers_pattern is not None:
         indices = sorted({block_index(n, config.layers_pattern) for n in layers})
         lora_config = LoraConfig(target_modules=list(config.target_modules),
@@ -106,6 +127,12 @@ def _save_tensors(tensors: Dict[str, torch.Tensor], path: str) -> None:
             os.remove(tmp)
 
 
+def _save_lora_config(lora_config, path: str) -> None:
+    with tempfile.TemporaryDirectory(prefix='.adapter_config', dir=osp.dirname(path)) as tmp:
+        lora_config.save_pretrained(tmp)  # peft's own json writer
+        os.replace(osp.join(tmp, ADAPTER_CONFIG_NAME), path)
+
+
 def save_peft_adapter(soma_model: SoMAModel, directory: str) -> Dict[str, str]:
     """Write the peft adapter folder (config, adapter weights, residual base); return paths."""
     lora_config, adapter, base = export_peft_adapter(soma_model)
@@ -114,7 +141,78 @@ def save_peft_adapter(soma_model: SoMAModel, directory: str) -> Dict[str, str]:
              for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, RESIDUAL_BASE_NAME)}
     _save_tensors(adapter, paths[ADAPTER_WEIGHTS_NAME])
     _save_tensors(base, paths[RESIDUAL_BASE_NAME])
-    with tempfile.TemporaryDirectory(prefix='.adapter_config', dir=directory) as tmp:
-        lora_config.save_pretrained(tmp)  # peft's own json writer
-        os.replace(osp.join(tmp, ADAPTER_CONFIG_NAME), paths[ADAPTER_CONFIG_NAME])
+    _save_lora_config(lora_config, paths[ADAPTER_CONFIG_NAME])
     return paths
+
+
+def export_peft_delta(soma_model: SoMAModel,
+                      initial: Optional[Dict[str, Tuple[torch.Tensor, torch.Tensor]]] = None
+                      ) -> Tuple[object, Dict[str, torch.Tensor]]:
+    """``(LoraConfig, adapter state dict)``: the model as a LoRA over the pretrained weights.
+
+    ``initial``: ``{layer name: (B0, A0)}``, the SoMA initialisation of W_pretrained, for a
+    model of 'residual' semantics (its weights are W_res): the adapter is
+    ``[B | -B0] @ [A ; A0]`` of rank 2r with ``lora_alpha`` doubled (same scale). ``None``:
+    the model's weights are W_pretrained ('release') and the adapter is ``B @ A`` (rank r).
+    The biases of the adapted layers go in as ``<layer>.base_layer.bias`` (``bias='lora_only'``).
+    """
+    if not isinstance(soma_model, SoMAModel):
+        raise TypeError(
+            f'export_peft_delta: expected a SoMAModel, got {type(soma_model).__name__}')
+    if soma_model.peft_config.modules_to_save:
+        raise ValueError('export_peft_delta: modules_to_save '
+                         f'{soma_model.peft_config.modules_to_save} cannot be carried')
+    layers = adapted_layers(soma_model.model)
+    if initial is not None and set(initial) != set(layers):
+        missing = sorted(set(layers) - set(initial)) or sorted(set(initial) - set(layers))
+        raise ValueError(f'export_peft_delta: initial adapters and adapted layers differ '
+                         f'(e.g. {missing[0]})')
+    lora_config = to_lora_config(soma_model, rank_factor=1 if initial is None else 2,
+                                 bias='lora_only')
+    adapter = {}
+    for name, layer in layers.items():
+        lora_a, lora_b = layer.lora_A.weight.detach(), layer.lora_B.weight.detach()
+        if initial is not None:
+            lora_b0, lora_a0 = initial[name]
+            if lora_a0.shape != lora_a.shape or lora_b0.shape != lora_b.shape:
+                raise ValueError(f'export_peft_delta: {name}: initial adapters of shapes '
+                                 f'{tuple(lora_b0.shape)}, {tuple(lora_a0.shape)} do not fit '
+                                 f'{tuple(lora_b.shape)}, {tuple(lora_a.shape)}')
+            lora_a = torch.cat([lora_a, lora_a0.to(lora_a)], dim=0)
+            lora_b = torch.cat([lora_b, -lora_b0.to(lora_b)], dim=1)
+        adapter[f'{PEFT_PREFIX}{name}.lora_A.weight'] = lora_a.clone()
+        adapter[f'{PEFT_PREFIX}{name}.lora_B.weight'] = lora_b.clone()
+        if layer.bias is not None:
+            adapter[f'{PEFT_PREFIX}{name}.base_layer.bias'] = layer.bias.detach().clone()
+    return lora_config, adapter
+
+
+def save_peft_delta(soma_model: SoMAModel, directory: str,
+                    initial: Optional[Dict[str, Tuple[torch.Tensor, torch.Tensor]]] = None
+                    ) -> Dict[str, str]:
+    """Write :func:`export_peft_delta` as a peft folder (config + adapter); return paths."""
+    lora_config, adapter = export_peft_delta(soma_model, initial)
+    os.makedirs(directory, exist_ok=True)
+    paths = {name: osp.join(directory, name) for name in (ADAPTER_CONFIG_NAME,
+                                                          ADAPTER_WEIGHTS_NAME)}
+    _save_tensors(adapter, paths[ADAPTER_WEIGHTS_NAME])
+    _save_lora_config(lora_config, paths[ADAPTER_CONFIG_NAME])
+    return paths
+
+
+def load_peft_adapter_weights(directory: str) -> Dict[str, Dict[str, torch.Tensor]]:
+    """``{layer name: {'lora_A', 'lora_B'[, 'bias']}}`` of a peft folder (no peft needed)."""
+    from safetensors.torch import load_file
+    path = osp.join(os.fspath(directory), ADAPTER_WEIGHTS_NAME)
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'peft adapter folder: {path} not found')
+    layers = {}
+    for key, value in load_file(path).items():
+        rest = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
+        for suffix, slot in (('.lora_A.weight', 'lora_A'), ('.lora_B.weight', 'lora_B'),
+                             ('.base_layer.bias', 'bias')):
+            if rest.endswith(suffix):
+                layers.setdefault(rest[:-len(suffix)], {})[slot] = value
+    if not layers:
+        raise ValueError(f'{path}: no lora_A/lora_B keys; not a peft LoRA adapter')
+    return layers

@@ -196,9 +196,25 @@ class SoMAModel(nn.Module):
 
     @property
     def semantics(self) -> str:
-        """What a stored ``weight`` means: 'residual' (W_res) or 'release' (W_pretrained)."""
+        """What a stored ``weight`` means: 'residual' (W_res) or 'release' (W_pretrained).
+
+        Derived from ``svd_init_on`` until set: a model that loads a checkpoint carrying its
+        adapted weights takes that checkpoint's semantics (``SoMAMetaHook``), e.g. 'release'
+        when fine-tuning from a merged released model, whose weights are W_pretrained.
+        """
+        semantics = self.__dict__.get('_semantics')
+        if semantics is not None:
+            return semantics
         return (SEMANTICS_RELEASE if self.peft_config.svd_init_on == 'construction'
                 else SEMANTICS_RESIDUAL)
+
+    @semantics.setter
+    def semantics(self, value: Optional[str]) -> None:
+        """Set 'release' or 'residual'; ``None`` goes back to the ``svd_init_on`` default."""
+        if value not in (None, SEMANTICS_RELEASE, SEMANTICS_RESIDUAL):
+            raise ValueError(f'SoMAModel.semantics must be {SEMANTICS_RELEASE!r} or '
+                             f'{SEMANTICS_RESIDUAL!r}, got {value!r}')
+        self.__dict__['_semantics'] = value
 
     def adapted_layers(self) -> Dict[str, SoMALinear]:
         """The ``SoMALinear`` layers by name (relative to ``.model``)."""

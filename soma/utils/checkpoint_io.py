@@ -82,7 +82,9 @@ def load_checkpoint_file(path, map_location='cpu'):
     Returns the stored dict. A safetensors file gives ``{'state_dict': tensors, 'meta':
     metadata}`` with the metadata decoded from json (and ``ema_state_dict`` when it holds
     one, see :func:`save_checkpoint_file`). Raises :class:`CheckpointError` or
-    :class:`FileNotFoundError` with a one-line message naming the file.
+    :class:`FileNotFoundError` with a one-line message naming the file: a well-formed file
+    holding a non-allow-listed object is refused as "not plain data"; a file that cannot be
+    parsed (truncated, random bytes, a zip with a broken member) is reported as corrupt.
     """
     path = os.fspath(path)
     if not osp.isfile(path):
@@ -94,20 +96,48 @@ def load_checkpoint_file(path, map_location='cpu'):
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()
-        reason = next((line for line in first if 'Unsupported global' in line
-                       or 'Can only build' in line or 'refusing' in line),
-                      first[0] if first else 'unpickling failed')
+        forbidden = _forbidden_object(e)
+        if forbidden is None:
+            raise CheckpointError(_corrupt_message(path, _unpickler_error(e))) from None
         raise CheckpointError(
             f'{path}: refusing to load, it holds objects that are not plain data '
-            f'({reason.strip()})') from None
-    except (RuntimeError, EOFError, OSError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f'{path}: not a readable torch checkpoint ({msg})') from None
+            f'({forbidden})') from None
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001  (a data-only load fails only on a bad file)
+        raise CheckpointError(_corrupt_message(path, e)) from None
     if not isinstance(obj, dict):
         raise CheckpointError(
             f'{path}: expected a dict (a state dict or a checkpoint), got {type(obj).__name__}')
     return obj
+
+
+# what the weights-only unpickler says about a well-formed file holding a forbidden object
+# (torch.serialization, torch._weights_only_unpickler); our own getattr guard says 'refusing'
+_FORBIDDEN_OBJECT_MESSAGES = (
+    'Unsupported global', 'is blocked', 'must be imported to load', 'Can only create new object',
+    'Trying to call reduce', 'Can only build', 'Only persistent_load of storage', 'refusing')
+
+
+def _unpickler_error(error):
+    """The unpickler's own error: torch re-raises it wrapped in a long help text."""
+    inner = error.__context__
+    return inner if isinstance(inner, pickle.UnpicklingError) else error
+
+
+def _forbidden_object(error):
+    """The line naming the forbidden object, or None when the pickle itself is broken."""
+    for line in str(_unpickler_error(error)).strip().splitlines():
+        if any(m in line for m in _FORBIDDEN_OBJECT_MESSAGES):
+            return line.strip()
+    return None
+
+
+def _corrupt_message(path, error):
+    """One line: the file is truncated/corrupt (a cut .pth, random bytes, a broken member)."""
+    lines = str(error).strip().splitlines()
+    reason = f'{type(error).__name__}: {lines[0].strip()}' if lines else type(error).__name__
+    return f'{path}: corrupt or truncated checkpoint file, it cannot be read ({reason})'
 
 
 def _load_safetensors(path, map_location):
@@ -118,7 +148,9 @@ def _load_safetensors(path, map_location):
             tensors = {k: f.get_tensor(k) for k in f.keys()}
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f'{path}: not a readable safetensors file ({e})') from None
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f'{path}: corrupt or truncated safetensors file, it cannot be '
+                              f'read ({reason})') from None
     meta = {}
     for key, value in metadata.items():
         try:

@@ -165,3 +165,112 @@ def test_load_backbone_hook(data_root, tmp_path):
     cfg.custom_hooks.append(dict(type='LoadBackboneHook', checkpoint_path=bad))
     with pytest.raises(CheckpointError, match=r'other.pth: .* has shape'):
         Runner.from_cfg(cfg).train()
+
+
+# ------------------------------------------------------------------ LoadBackboneHook + loading
+def _converted_file(tmp_path, seed=5):
+    from soma.models.backbones.dinov2 import DinoVisionTransformer
+    torch.manual_seed(seed)
+    src = DinoVisionTransformer(img_size=SIZE, patch_size=16, embed_dim=64, depth=4, num_heads=2,
+                                init_values=1.0, out_indices=[0, 1, 2, 3])
+    path = str(tmp_path / 'converted.pth')
+    torch.save(src.state_dict(), path)
+    return path, {k: v.detach().clone() for k, v in src.state_dict().items()}
+
+
+def _released_adapter_file(cfg, path):
+    """A released adapter checkpoint (no meta): trained-looking lora, biases, head, + EMA."""
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    from soma.apis.checkpoint import is_adapter_key
+    init_default_scope('mmseg')
+    g = torch.Generator().manual_seed(3)
+    sd = {k: v + 0.1 * torch.randn(v.shape, generator=g)
+          for k, v in MODELS.build(copy.deepcopy(cfg.model)).state_dict().items()
+          if v.is_floating_point() and (k.startswith('decode_head.')
+                                        or is_adapter_key(k, adapted_blocks={2, 3}))}
+    ema = {f'module.{k}': v + 0.01 for k, v in sd.items()}
+    ema['steps'] = torch.tensor(3)
+    torch.save({'state_dict': sd, 'ema_state_dict': ema}, path)
+    return path
+
+
+def _hook_cfg(data_root, work, converted, iters=1, load_from=None, lr=0.0):
+    cfg = tiny_cfg(data_root, work, iters)
+    cfg.custom_hooks.append(dict(type='LoadBackboneHook', checkpoint_path=converted))
+    cfg.optim_wrapper.optimizer.lr = lr  # 0: nothing moves, compare with the files afterwards
+    cfg.load_from = load_from
+    return cfg
+
+
+def _assert_state_equals(model, expected):
+    state = model.state_dict()
+    assert set(expected) == set(state)
+    different = [k for k, v in expected.items() if not torch.equal(state[k], v)]
+    assert not different, different[:3]
+
+
+def test_load_backbone_hook_with_a_released_adapter_then_resume(data_root, tmp_path):
+    from soma.apis.checkpoint import merge_soma_weights
+    converted, src = _converted_file(tmp_path)
+    work = str(tmp_path / 'release')
+    cfg = _hook_cfg(data_root, work, converted)
+    adapter = _released_adapter_file(cfg, str(tmp_path / 'released_adapter.pth'))
+    cfg.load_from = adapter
+    cfg.custom_hooks.append(dict(type='EMAHook', begin_iter=1, priority='NORMAL'))
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    # the model is W_pretrained + s*B@A: the released model, as merge_soma_weights builds it
+    _assert_state_equals(runner.model, merge_soma_weights(converted, adapter)['state_dict'])
+    layer = runner.model.backbone.model.blocks[3].mlp.fc2
+    released = load_checkpoint_file(adapter)['state_dict']
+    b = released['backbone.model.blocks.3.mlp.fc2.lora_B.weight']
+    a = released['backbone.model.blocks.3.mlp.fc2.lora_A.weight']
+    by_hand = src['blocks.3.mlp.fc2.weight'].double() + layer.scaling * b.double() @ a.double()
+    torch.testing.assert_close(layer.to_linear().weight.double(), by_hand, rtol=0, atol=1e-6)
+    ema_hook = [h for h in runner.hooks if hasattr(h, 'ema_model')][0]
+    ema_backbone = ema_hook.ema_model.module.backbone
+    assert runner.model.backbone.semantics == ema_backbone.semantics == 'release'
+    assert torch.equal(ema_backbone.model.blocks[3].mlp.fc2.weight,
+                       src['blocks.3.mlp.fc2.weight'])
+    ckpt = load_checkpoint_file(osp.join(work, 'iter_1.pth'))
+    assert ckpt['meta']['soma']['semantics'] == 'release'
+
+    # hook + resume: the checkpoint wins over the hook's before_run, semantics stay 'release'
+    cfg = _hook_cfg(data_root, work, converted, iters=2)
+    cfg.resume = True
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    _assert_state_equals(runner.model, ckpt['state_dict'])
+    assert runner.model.backbone.semantics == 'release'
+    assert load_checkpoint_file(osp.join(work, 'iter_2.pth'))['meta']['soma'][
+        'semantics'] == 'release'
+
+
+def test_load_backbone_hook_rebuilds_w_res_for_a_residual_adapter(data_root, tmp_path):
+    from soma.apis.checkpoint import extract_soma_weights, merge_soma_weights
+    converted, src = _converted_file(tmp_path)
+    # a SoMA run from the converted backbone (hook alone: residual), one real step
+    first = _hook_cfg(data_root, str(tmp_path / 'first'), converted, lr=1e-3)
+    Runner.from_cfg(first).train()
+    trained = load_checkpoint_file(osp.join(first.work_dir, 'iter_1.pth'))
+    assert trained['meta']['soma']['semantics'] == 'residual'
+    adapter = str(tmp_path / 'residual_adapter.pth')
+    torch.save(extract_soma_weights(trained), adapter)
+    # hook + load_from the adapter-only checkpoint: exactly the trained model again (W_res)
+    cfg = _hook_cfg(data_root, str(tmp_path / 'second'), converted, load_from=adapter)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    _assert_state_equals(runner.model, trained['state_dict'])
+    _assert_state_equals(runner.model, merge_soma_weights(converted, adapter)['state_dict'])
+    q = runner.model.backbone.model.blocks[2].attn.q
+    assert not torch.equal(q.weight, src['blocks.2.attn.q.weight'])  # W_res, not W_pre
+    assert runner.model.backbone.semantics == 'residual'
+
+
+def test_a_released_adapter_without_backbone_weights_is_refused(data_root, tmp_path):
+    cfg = tiny_cfg(data_root, str(tmp_path / 'work'), 1)
+    cfg.load_from = _released_adapter_file(cfg, str(tmp_path / 'released_adapter.pth'))
+    with pytest.raises(CheckpointError, match="'release' semantics but no backbone weights"):
+        Runner.from_cfg(cfg).train()

@@ -50,11 +50,23 @@ def test_per_domain_and_mean_miou_match_hand_computation():
     fog, night = _hand()
     assert out['fog_mIoU'] == pytest.approx(round(np.mean(fog) * 100, 2))
     assert out['night_mIoU'] == pytest.approx(round(np.mean(night) * 100, 2))
+    # the mean of the reported (2-decimal) domain values, itself not rounded (release)
     assert out['mean_mIoU'] == pytest.approx(
-        round((round(np.mean(fog) * 100, 2) + round(np.mean(night) * 100, 2)) / 2, 2))
+        (round(np.mean(fog) * 100, 2) + round(np.mean(night) * 100, 2)) / 2, abs=1e-12)
     # aAcc: fog 4 of 5, night 4 of 8
     assert out['fog_aAcc'] == pytest.approx(80.0)
     assert out['night_aAcc'] == pytest.approx(50.0)
+
+
+def test_mean_miou_is_not_rounded():
+    # rain: pred 0 0 1 / gt 0 0 0 -> class 0: I=2, U=3; class 1: I=0, U=1 -> mIoU 33.33
+    rain = _sample('data/rain/leftImg8bit/val/x/1.png', [[0, 0, 1]], [[0, 0, 0]])
+    metric = _metric(dataset_keys=['fog/', 'rain/'])
+    metric.process({}, [FOG, rain])
+    out = metric.compute_metrics(metric.results)
+    assert out['fog_mIoU'] == 72.22 and out['rain_mIoU'] == 33.33  # as IoUMetric rounds them
+    assert out['mean_mIoU'] == pytest.approx((72.22 + 33.33) / 2, abs=1e-12)  # 52.775
+    assert abs(out['mean_mIoU'] - round(out['mean_mIoU'], 2)) > 1e-3  # a third decimal
 
 
 def test_mean_used_keys_restricts_the_mean():

@@ -1,7 +1,10 @@
 """DGVOCMetric: VOC 11-point AP per domain (by each sample's own path) and the mean,
-checked on hand-made predictions whose AP is computed by hand."""
+checked on hand-made predictions whose AP is computed by hand, and against mmdet's
+``eval_map`` (legacy +1 pixel boxes) on a box pair where the convention decides."""
+import numpy as np
 import pytest
 import torch
+from mmdet.evaluation.functional import bbox_overlaps, eval_map
 from mmdet.structures import DetDataSample
 from mmengine.structures import InstanceData
 
@@ -95,3 +98,42 @@ def test_domain_matching_is_by_folder_name():
     assert domain_of('/d/night_rainy_extra/1.jpg', KEYS) == 'unknown'
     with pytest.raises(ValueError, match='mean_used_keys'):
         DGVOCMetric(dataset_keys=KEYS, mean_used_keys=['fog'])
+
+
+# A detection whose IoU with its ground truth is above 0.5 only under VOC's +1 pixel convention
+# (boxes are inclusive pixel ranges): 11 x 5.6 / (11 x 11) = 0.509, without it 10 x 4.6 / 100.
+GT = [0., 0., 10., 10.]
+CROSSING = [0., 0., 10., 4.6]
+
+
+def test_iou_of_the_box_pair_crosses_one_half_only_with_plus_one():
+    pair = (np.array([CROSSING]), np.array([GT]))
+    assert bbox_overlaps(*pair, use_legacy_coordinate=True)[0, 0] > 0.5
+    assert bbox_overlaps(*pair, use_legacy_coordinate=False)[0, 0] < 0.5
+
+
+@pytest.mark.parametrize('eval_mode', ['11points', 'area'])
+def test_matches_mmdet_eval_map_with_legacy_coordinates(eval_mode):
+    # one domain, two GTs of class 'car': the crossing box ranks first, a false positive
+    # second, a good box on the second GT third; and a second image with a missed 'bus'
+    samples = [sample(path('dusk_rainy', '1.jpg'), [GT, FAR], [2, 2], [CROSSING, BOX, FAR],
+                      [0.9, 0.8, 0.7], [2, 2, 2]),
+               sample(path('dusk_rainy', '2.jpg'), [BOX], [0], [FAR], [0.6], [0])]
+    metrics = evaluate(samples, eval_mode=eval_mode)
+    dets = [[np.zeros((0, 5), np.float32)] * len(CLASSES) for _ in samples]
+    dets[0] = list(dets[0])
+    dets[0][2] = np.array([CROSSING + [0.9], BOX + [0.8], FAR + [0.7]], np.float32)
+    dets[1] = list(dets[1])
+    dets[1][0] = np.array([FAR + [0.6]], np.float32)
+    anns = [dict(bboxes=np.array([GT, FAR], np.float32), labels=np.array([2, 2])),
+            dict(bboxes=np.array([BOX], np.float32), labels=np.array([0]))]
+    for ann in anns:
+        ann.update(bboxes_ignore=np.zeros((0, 4), np.float32), labels_ignore=np.zeros(0, int))
+    mean_ap = {legacy: eval_map(dets, anns, iou_thr=0.5, dataset=list(CLASSES),
+                                eval_mode=eval_mode, logger='silent',
+                                use_legacy_coordinate=legacy)[0] for legacy in (True, False)}
+    assert mean_ap[True] != pytest.approx(mean_ap[False], abs=0.01)  # the convention matters
+    assert metrics['pascal_voc/dusk_rainy_mAP'] == pytest.approx(
+        round(100 * mean_ap[True], 2), abs=1e-9)
+    assert metrics['pascal_voc/mean_mAP'] == pytest.approx(
+        round(100 * mean_ap[True], 2), abs=1e-9)

@@ -111,8 +111,113 @@ def test_output_shapes_and_strides():
                                               (2, 64, 2, 2)]  # strides 4, 8, 16, 32
 
 
-def test_non_divisible_input_is_padded_right_bottom():
+def hf_model(patch_size=14, image_size=56):
+    config = Dinov2Config(hidden_size=64, num_hidden_layers=4, num_attention_heads=2,
+                          patch_size=patch_size, image_size=image_size, layerscale_value=1e-5,
+                          attn_implementation='eager')
+    return randomise_(Dinov2Model(config)).eval()
+
+
+def ours_at_input_grid(hf, height, width, **kw):
+    """Ours with ``hf``'s weights, ``pos_embed`` stored at the grid of a height x width input.
+
+    The stored position embedding is Hugging Face's own resize of its (square) one for that
+    input, so HF and ours see the same numbers while ours resizes nothing at run time.
+    """
+    p = hf.config.patch_size
+    state = hf_dinov2_to_ours(hf.state_dict())
+    n = (height // p) * (width // p)
+    with torch.no_grad():
+        state['pos_embed'] = hf.embeddings.interpolate_pos_encoding(
+            torch.zeros(1, 1 + n, 64), height, width).clone()
+    ours = DinoVisionTransformer(img_size=(height, width), patch_size=p, embed_dim=64, depth=4,
+                                 num_heads=2, attn_impl='sdpa', **kw).eval()
+    ours.load_state_dict(state, strict=True)
+    assert ours.patch_grid == (height // p, width // p)
+    return ours
+
+
+def hf_maps(hidden_states, out_indices, h, w):
+    """The reference pyramid: HF block outputs (patch tokens) as maps, bilinear x4/x2/x1/x0.5."""
+    maps = []
+    for i, scale in zip(out_indices, (4, 2, 1, 0.5)):
+        tokens = hidden_states[i + 1][:, 1:]
+        grid = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
+        maps.append(F.interpolate(grid, scale_factor=scale, mode='bilinear',
+                                  align_corners=False))
+    return maps
+
+
+@pytest.mark.parametrize('out_indices', [(0, 1, 2, 3), (1, 2, 3, 3)])
+def test_pyramid_equals_interpolated_hf_hidden_states(out_indices):
+    """Non-square 56x84 input (grid 4x6, the stored one): all four scales by value."""
+    hf = hf_model()
+    ours = ours_at_input_grid(hf, 56, 84, out_indices=out_indices)
+    x = torch.randn(2, 3, 56, 84, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = hf(pixel_values=x, output_hidden_states=True).hidden_states
+        maps = ours(x)
+    expected = hf_maps(ref, out_indices, 4, 6)
+    assert [tuple(m.shape[-2:]) for m in maps] == [(16, 24), (8, 12), (4, 6), (2, 3)]
+    for k, (got, want) in enumerate(zip(maps, expected)):
+        assert got.is_contiguous(), f'scale {k} is not contiguous'
+        assert rel_err(got, want) < 1e-4, f'scale {k}'
+    # the x1 map is block out_indices[2]'s tokens as they are (no resampling at all)
+    x1 = ref[out_indices[2] + 1][:, 1:].transpose(1, 2).reshape(2, 64, 4, 6)
+    assert rel_err(maps[2], x1) < 1e-4
+
+
+def test_every_map_is_contiguous():
+    """mmcv's MultiScaleDeformableAttention reads raw memory: every returned map must be
+    contiguous, also for odd sizes, with padding and in training mode."""
+    for model, size in [(tiny_backbone(), (64, 64)), (tiny_backbone(), (70, 90)),
+                        (tiny_backbone(pad_to_patch=True), (70, 90))]:
+        for mode in (False, True):
+            outs = model.train(mode)(torch.randn(2, 3, *size))
+            assert all(o.is_contiguous() for o in outs), (size, mode)
+
+
+def test_non_divisible_input_drops_the_remainder():
+    """As the release's conv (kernel = stride = 16): a 70x90 input gives the 4x5 grid of its
+    top-left 64x80 crop, and the dropped pixels do not matter."""
     model = tiny_backbone()
+    x = torch.randn(1, 3, 70, 90, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        outs = model(x)
+        crop = model(x[..., :64, :80])
+        noisy = x.clone()
+        noisy[..., 64:, :] = 100.0
+        noisy[..., :, 80:] = -100.0
+        other = model(noisy)
+    h, w = 70 // 16, 90 // 16
+    assert [tuple(o.shape[-2:]) for o in outs] == [(4 * h, 4 * w), (2 * h, 2 * w), (h, w),
+                                                   (h // 2, w // 2)]
+    for a, b, c in zip(outs, crop, other):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r'smaller than one 16x16 patch'):
+        model(torch.randn(1, 3, 15, 64))
+
+
+def test_non_divisible_input_matches_hf_dinov2():
+    """70x90 with patch 16 against transformers (its conv drops the remainder too); ours has
+    the pos embedding stored at the 4x5 grid, so no resize happens on our side."""
+    hf = hf_model(patch_size=16, image_size=64)
+    ours = ours_at_input_grid(hf, 70, 90, out_indices=(0, 1, 2, 3))
+    x = torch.randn(2, 3, 70, 90, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = hf(pixel_values=x, output_hidden_states=True).hidden_states
+        blocks = ours.get_intermediate_layers(x, n=4, norm=False)
+        maps = ours(x)
+    for i, patch in enumerate(blocks):
+        assert rel_err(patch, ref[i + 1][:, 1:]) < 1e-4, f'block {i}'
+    for k, (got, want) in enumerate(zip(maps, hf_maps(ref, (0, 1, 2, 3), 4, 5))):
+        assert rel_err(got, want) < 1e-4, f'scale {k}'
+
+
+def test_pad_to_patch_opt_in_pads_right_bottom():
+    model = tiny_backbone(pad_to_patch=True)
+    assert model.patch_embed.pad_to_patch and 'pad_to_patch=True' in repr(model)
     x = torch.randn(1, 3, 70, 90)
     with torch.no_grad():
         outs = model(x)
@@ -122,6 +227,8 @@ def test_non_divisible_input_is_padded_right_bottom():
                                                    (h // 2, w // 2)]
     for a, b in zip(outs, padded):
         assert torch.equal(a, b)
+    cfg = dict(type='DinoVisionTransformer', **TINY, pad_to_patch=True)
+    assert SEG_MODELS.build(cfg).patch_embed.pad_to_patch
 
 
 def test_pos_embed_resize_matches_dinov2_formula():

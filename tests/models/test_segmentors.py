@@ -174,3 +174,63 @@ def test_a_few_training_iterations(data_root, tmp_path, model_type, head):
         assert any('.attn.q.weight' in k for k in backbone_changed)
         assert not any(kw in k for k in backbone_changed for kw in ALWAYS_FROZEN_KEYWORDS)
     assert osp.isfile(osp.join(cfg.work_dir, 'iter_2.pth'))
+
+
+def test_peft_construction_mode_svd_of_pytorch_default_init(data_root, tmp_path):
+    """svd_init_on='construction' through the segmentor (the release's order): the SVD at
+    build time sees nn.Linear's default init, drawn in the backbone's construction order."""
+    from mmseg.registry import MODELS
+    from torch import nn
+    init_default_scope('mmseg')
+    cfg = tiny_cfg(data_root, tmp_path, 'PEFTBackboneEncoderDecoder')
+    cfg.model.backbone.lora_cfg.svd_init_on = 'construction'
+    bb = cfg.model.backbone
+    torch.manual_seed(21)
+    model = MODELS.build(cfg.model)
+    torch.manual_seed(21)  # reference: the same generator state, DINOv2's module order
+    nn.Conv2d(3, bb.embed_dim, bb.patch_size, bb.patch_size)
+    hidden = int(bb.embed_dim * bb.mlp_ratio)
+    ref = {}
+    for i in range(bb.depth):
+        for name, fan_in, fan_out in [('attn.q', bb.embed_dim, bb.embed_dim),
+                                      ('attn.k', bb.embed_dim, bb.embed_dim),
+                                      ('attn.v', bb.embed_dim, bb.embed_dim),
+                                      ('attn.proj', bb.embed_dim, bb.embed_dim),
+                                      ('mlp.fc1', bb.embed_dim, hidden),
+                                      ('mlp.fc2', hidden, bb.embed_dim)]:
+            ref[f'blocks.{i}.{name}'] = nn.Linear(fan_in, fan_out)
+    layers = model.backbone.adapted_layers()
+    assert len(layers) == 12
+    r = bb.lora_cfg.r
+    for name, layer in layers.items():
+        w = ref[name].weight.detach().double()
+        ba = layer.scaling * layer.lora_B.weight.double() @ layer.lora_A.weight.double()
+        torch.testing.assert_close(layer.weight.double() + ba, w, rtol=0, atol=1e-6)
+        u, sv, vh = torch.linalg.svd(w, full_matrices=False)  # float64 reference
+        minor = u[:, -r:] @ torch.diag(sv[-r:]) @ vh[-r:]
+        torch.testing.assert_close(ba, minor, rtol=0, atol=1e-5)
+        assert torch.equal(layer.bias, ref[name].bias)
+
+
+def test_peft_predicts_full_size_on_non_multiple_of_16_input(data_root, tmp_path):
+    """A 70x90 image: the backbone drops the 6/10-pixel remainder (4x5 grid), mmseg resizes
+    the prediction to the full image. Seg logits equal the head called by hand on the
+    features of the top-left 64x80 crop, upsampled to 70x90."""
+    from mmseg.structures import SegDataSample
+    model = build_model(data_root, tmp_path, 'PEFTBackboneEncoderDecoder', head='mask2former')
+    model.init_weights()
+    model.eval()
+    image = torch.randint(0, 256, (3, 70, 90), generator=torch.Generator().manual_seed(4),
+                          dtype=torch.uint8)
+    meta = dict(img_shape=(70, 90), ori_shape=(70, 90))
+    with torch.no_grad():
+        out = model.test_step(dict(inputs=[image],
+                                   data_samples=[SegDataSample(metainfo=dict(meta))]))[0]
+        x = model.data_preprocessor(dict(inputs=[image]), False)['inputs']
+        feats = model.backbone(x[..., :64, :80])
+        assert all(f.is_contiguous() for f in feats)
+        ref = model.decode_head.predict(feats, [dict(meta)], model.test_cfg)
+    assert out.pred_sem_seg.data.shape == (1, 70, 90)
+    assert out.seg_logits.data.shape == ref.shape[1:]
+    torch.testing.assert_close(out.seg_logits.data, ref[0], rtol=1e-4, atol=1e-5)
+    assert torch.equal(out.pred_sem_seg.data[0], ref[0].argmax(0))

@@ -1,5 +1,7 @@
 """soma.peft.model: name rules, freezing, state-dict layout and init order on real models."""
 import logging
+import math
+import warnings
 
 import pytest
 import torch
@@ -210,6 +212,102 @@ def test_construction_mode_reproduces_the_release_defect():
                                            lora_cfg=model.peft_config.to_dict())
 
 
+def _default_init_linears(seed, dim, depth, mlp_ratio=4, patch=16):
+    """Independent reference: the linears PyTorch's default init makes when the backbone's
+    modules are built in DINOv2's order from ``seed`` (patch conv, then per block q, k, v,
+    proj, fc1, fc2; norms, tokens and layer scales draw no random numbers)."""
+    torch.manual_seed(seed)
+    nn.Conv2d(3, dim, patch, patch)
+    hidden = int(dim * mlp_ratio)
+    shapes = [('attn.q', dim, dim), ('attn.k', dim, dim), ('attn.v', dim, dim),
+              ('attn.proj', dim, dim), ('mlp.fc1', dim, hidden), ('mlp.fc2', hidden, dim)]
+    return {f'blocks.{i}.{name}': nn.Linear(fan_in, fan_out)
+            for i in range(depth) for name, fan_in, fan_out in shapes}
+
+
+def _svd_inputs(monkeypatch):
+    """Record the weight each SoMALinear hands to its SVD, by layer name."""
+    seen, original = {}, SoMALinear.init_adapter
+
+    def recording(self, generator=None):
+        if not self.lora_initialized:
+            seen[self.layer_name] = self.weight.detach().clone()
+        return original(self, generator)
+
+    monkeypatch.setattr(SoMALinear, 'init_adapter', recording)
+    return seen
+
+
+def test_construction_svd_sees_pytorch_default_init(monkeypatch):
+    """svd_init_on='construction' (the release): the build-time SVD runs on the weights as
+    ``nn.Linear``'s default init (kaiming-uniform, bias uniform) left them, not DINOv2's
+    trunc-normal(0.02); B0 A0 are the minor components (float64 SVD) of those weights."""
+    from soma.models.peft_backbone import wrap_backbone_with_soma
+    seen = _svd_inputs(monkeypatch)
+    torch.manual_seed(11)
+    vit = DinoVisionTransformer(**TINY, lora_cfg=dict(r=4, start_lora_idx=2,
+                                                      svd_init_on='construction'))
+    model = wrap_backbone_with_soma(vit)
+    ref = _default_init_linears(11, TINY['embed_dim'], TINY['depth'])
+    layers = model.adapted_layers()
+    assert sorted(seen) == sorted(layers) == sorted(f'blocks.{i}.{t}' for i in (2, 3)
+                                                    for t in TARGETS)
+    for name, layer in layers.items():
+        w = ref[name].weight.detach()
+        assert torch.equal(seen[name], w), name
+        assert torch.equal(layer.bias, ref[name].bias), name
+        assert float(w.abs().max()) <= 1 / math.sqrt(layer.in_features)  # default-init bound
+        w64 = w.double()
+        u, s, vh = torch.linalg.svd(w64, full_matrices=False)
+        minor = (u[:, -4:] * s[-4:]) @ vh[-4:]
+        ba = layer.scaling * (layer.lora_B.weight @ layer.lora_A.weight).detach().double()
+        assert float((ba - minor).norm() / minor.norm()) < 1e-5, name
+        torch.testing.assert_close(layer.weight.double() + ba, w64, rtol=0, atol=1e-6)
+    # blocks before start_lora_idx keep their default init too (nothing re-initialised them)
+    assert torch.equal(vit.blocks[0].mlp.fc2.weight, ref['blocks.0.mlp.fc2'].weight)
+
+
+def test_pretrained_mode_construction_init_unchanged(monkeypatch):
+    """The default path still gives the linears DINOv2's trunc-normal(0.02), zero bias, at
+    construction, and runs no SVD before the weights are loaded."""
+    from soma.models.peft_backbone import wrap_backbone_with_soma
+    seen = _svd_inputs(monkeypatch)
+    torch.manual_seed(11)
+    vit = DinoVisionTransformer(**dict(TINY, embed_dim=64), lora_cfg=dict(r=4, start_lora_idx=2))
+    model = wrap_backbone_with_soma(vit)
+    assert not seen and not any(m.lora_initialized for m in model.adapted_layers().values())
+    fc2 = vit.blocks[3].mlp.fc2
+    assert torch.all(fc2.bias == 0)
+    assert float(fc2.weight.std()) == pytest.approx(0.02, rel=0.1)
+    assert float(fc2.weight.abs().max()) > 1 / math.sqrt(fc2.in_features)  # not default init
+
+
+def test_release_enable_lora_is_accepted_and_ignored():
+    """The release's unused ``enable_lora`` key: builds, warns once, changes nothing."""
+    from soma.models.peft_backbone import wrap_backbone_with_soma
+    outputs = {}
+    for value in (None, True, False, [True, False]):
+        lora_cfg = dict(r=4, start_lora_idx=2)
+        if value is not None:
+            lora_cfg['enable_lora'] = value
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            model = wrap_backbone_with_soma(_vit(seed=5, lora_cfg=lora_cfg))
+        ours = [w for w in caught if 'enable_lora' in str(w.message)]
+        assert len(ours) == (0 if value is None else 1), (value, [str(w.message) for w in ours])
+        assert model.peft_config == SoMAConfig(r=4, start_lora_idx=2)
+        assert 'enable_lora' not in model.peft_config.to_dict()
+        with torch.no_grad():
+            outputs[str(value)] = (model(_x()), model.state_dict())
+    ref_out, ref_sd = outputs['None']
+    for key, (out, sd) in outputs.items():
+        assert sd.keys() == ref_sd.keys(), key
+        assert all(torch.equal(sd[k], ref_sd[k]) for k in sd), key
+        assert all(torch.equal(a, b) for a, b in zip(out, ref_out)), key
+    with pytest.warns(UserWarning, match='enable_lora'):
+        assert SoMAConfig(enable_lora=True) == SoMAConfig()
+
+
 def test_merge_and_unload_and_merge_weights():
     model = SoMAModel(_cfg(merge_weights=True), _vit())
     with torch.no_grad():
@@ -309,7 +407,7 @@ def test_config_validation_and_round_trip():
                        (dict(bias='some'), 'bias'), (dict(r=0), 'r must be'),
                        (dict(type='lora'), 'type'), (dict(svd_init_on='later'), 'svd_init_on'),
                        (dict(target_modules=[]), 'target_modules'),
-                       (dict(enable_lora=[True]), 'unknown lora_cfg key')]:
+                       (dict(lora_rank=4), 'unknown lora_cfg key')]:
         with pytest.raises(ValueError, match=match):
             SoMAConfig.from_dict(bad)
 

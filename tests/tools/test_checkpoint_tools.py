@@ -73,7 +73,7 @@ def test_dgod_extract_keeps_neck_and_heads_and_drops_ema():
     full = release_full_checkpoint(converted_backbone())
     g = torch.Generator().manual_seed(3)
     detector_keys = ['neck.convs.0.conv.weight', 'neck.convs.0.gn.weight',
-                     'query_head.transformer.encoder.layers.0.attentions.0.value_proj.weight',
+                     'query_head.transformer.encoder.layers.0.self_attn.value_proj.weight',
                      'query_head.cls_branches.0.bias', 'rpn_head.rpn_conv.weight',
                      'roi_head.0.bbox_head.fc_cls.weight', 'bbox_head.0.atss_cls.weight',
                      'bbox_head.0.atss_cls.bias']
@@ -422,3 +422,150 @@ def test_refuses_head_shape_mismatch(converted):
     with pytest.raises(CheckpointError, match=r'shape mismatch at decode_head\.conv_seg\.'
                                               r'(weight|bias): \(19'):
         ck.check_checkpoint_for_model(other, merged['state_dict'], other.cfg)
+
+
+# ----------------------------------------------------------------------------- corrupt files
+class _RunsCode:
+    """Pickles as a call of os.system: a checkpoint that would run code when unpickled."""
+
+    def __reduce__(self):
+        return (os.system, ('echo this-must-never-run',))
+
+
+def _corrupt_files(folder):
+    """A truncated .pth, random bytes, a zip whose pickle member is cut, a cut storage."""
+    import zipfile
+    good = str(folder / 'good.pth')
+    torch.save(release_full_checkpoint(converted_backbone(), ema=False), good)
+    data = open(good, 'rb').read()
+    files = {}
+    files['half'] = folder / 'half.pth'
+    files['half'].write_bytes(data[:len(data) // 2])
+    files['random'] = folder / 'random.pth'
+    files['random'].write_bytes(torch.randint(0, 256, (4096, ), dtype=torch.uint8,
+                                              generator=torch.Generator().manual_seed(0))
+                                .numpy().tobytes())
+    for name, member in (('broken_pickle', 'data.pkl'), ('broken_storage', 'data/0')):
+        files[name] = folder / f'{name}.pth'
+        with zipfile.ZipFile(good) as zin, zipfile.ZipFile(files[name], 'w') as zout:
+            for info in zin.infolist():
+                payload = zin.read(info.filename)
+                if info.filename.endswith(member):
+                    payload = payload[:len(payload) // 2]
+                zout.writestr(info, payload)
+    return files
+
+
+def _merge_error(capsys, folder, backbone, soma_ckpt):
+    capsys.readouterr()
+    out = folder / 'out' / 'merged.pth'
+    rc = tool_main('merge_soma_weights.py', '--backbone_ckpt', backbone, '--soma_ckpt', soma_ckpt,
+                   '--merged_ckpt', out)
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err.startswith('error: ') and len(err.strip().splitlines()) == 1, err
+    assert str(soma_ckpt) in err
+    assert not (folder / 'out').exists() or not os.listdir(folder / 'out')
+    return err
+
+
+def test_corrupt_checkpoint_is_reported_as_corrupt(tmp_path, capsys):
+    backbone = tmp_path / 'converted.pth'
+    save_checkpoint_file(converted_backbone(), str(backbone))
+    for name, path in _corrupt_files(tmp_path).items():
+        err = _merge_error(capsys, tmp_path, backbone, path)
+        assert 'corrupt or truncated checkpoint file' in err, (name, err)
+        assert 'not plain data' not in err, (name, err)
+    # a truncated safetensors file too
+    adapter = ck.extract_soma_weights(release_full_checkpoint(converted_backbone(), ema=False))
+    save_checkpoint_file(adapter, str(tmp_path / 'adapter.safetensors'))
+    data = (tmp_path / 'adapter.safetensors').read_bytes()
+    (tmp_path / 'cut.safetensors').write_bytes(data[:len(data) // 2])
+    err = _merge_error(capsys, tmp_path, backbone, tmp_path / 'cut.safetensors')
+    assert 'corrupt or truncated safetensors file' in err
+
+
+def test_checkpoint_with_code_is_refused_as_not_plain_data(tmp_path, capsys):
+    backbone = tmp_path / 'converted.pth'
+    save_checkpoint_file(converted_backbone(), str(backbone))
+    evil = tmp_path / 'evil.pth'
+    ckpt = release_full_checkpoint(converted_backbone(), ema=False)
+    ckpt['payload'] = _RunsCode()
+    torch.save(ckpt, str(evil))
+    err = _merge_error(capsys, tmp_path, backbone, evil)
+    assert 'refusing to load, it holds objects that are not plain data' in err
+    assert 'system' in err and 'corrupt' not in err
+    assert 'this-must-never-run' not in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- no meta: scale
+from _ckpt_fixtures import target_layers  # noqa: E402
+
+
+def _meta_less_full(backbone, ranks, seed=4):
+    """A release-style full checkpoint without meta: ``ranks = {block: rank}``."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {f'backbone.model.{k}': v.clone() for k, v in backbone.items()}
+    for name in target_layers(backbone, start=min(ranks)):
+        w, r = backbone[f'{name}.weight'], ranks[int(name.split('.')[1])]
+        sd[f'backbone.model.{name}.lora_A.weight'] = torch.randn(r, w.shape[1], generator=g)
+        sd[f'backbone.model.{name}.lora_B.weight'] = 0.1 * torch.randn(w.shape[0], r, generator=g)
+    sd.update(head_state_dict())
+    return {'state_dict': sd}
+
+
+def _assert_folded(folded, full, scales):
+    sd = full['state_dict']
+    n = 0
+    for key in sd:
+        if not key.endswith('.lora_A.weight'):
+            continue
+        name = key[len('backbone.model.'):-len('.lora_A.weight')]
+        w = sd[f'backbone.model.{name}.weight'].double()
+        ba = sd[f'backbone.model.{name}.lora_B.weight'].double() @ sd[key].double()
+        expected = w + scales[int(name.split('.')[1])] * ba
+        torch.testing.assert_close(folded[f'backbone.{name}.weight'].double(), expected,
+                                   rtol=0, atol=2e-6)
+        n += 1
+    assert n > 0
+
+
+def test_fold_without_meta_takes_the_rank_and_scale_one(tmp_path):
+    backbone = converted_backbone()
+    full = _meta_less_full(backbone, {2: 4, 3: 4})  # rank 4, the release's alpha = r
+    assert 'meta' not in full
+    _assert_folded(ck.fold_adapters(full)['state_dict'], full, {2: 1.0, 3: 1.0})
+    # the same through generate_full_weights.py --merge-adapters (adapter-only, no meta)
+    adapter = ck.extract_soma_weights(full)
+    adapter.pop('meta')
+    save_checkpoint_file(adapter, str(tmp_path / 'adapter.pth'))
+    save_checkpoint_file(backbone, str(tmp_path / 'converted.pth'))
+    assert tool_main('generate_full_weights.py', '--backbone_ckpt', tmp_path / 'converted.pth',
+                     '--soma_ckpt', tmp_path / 'adapter.pth', '--out', tmp_path / 'plain.pth',
+                     '--merge-adapters') == 0
+    folded = load_checkpoint_file(str(tmp_path / 'plain.pth'))['state_dict']
+    _assert_folded(folded, full, {2: 1.0, 3: 1.0})
+
+
+def test_fold_without_meta_follows_the_rank_ramp(tmp_path, capsys):
+    """rank_ramp: rank r * f in block i (f = 2 from block 12) with lora_alpha = r kept, so
+    the scale is r / (r * f) = 1 / f."""
+    backbone = converted_backbone(depth=14)
+    full = _meta_less_full(backbone, {10: 2, 11: 2, 12: 4, 13: 4})
+    _assert_folded(ck.fold_adapters(full)['state_dict'], full,
+                   {10: 1.0, 11: 1.0, 12: 0.5, 13: 0.5})
+    # ranks in no ramp pattern, and one rank inside one ramp segment: the scale is unknown
+    with pytest.raises(CheckpointError, match=r'ranks \[2, 3\] .* no rank_ramp pattern'):
+        ck.fold_adapters(_meta_less_full(backbone, {10: 2, 11: 2, 12: 3, 13: 3}))
+    ambiguous = _meta_less_full(backbone, {12: 4, 13: 4})
+    with pytest.raises(CheckpointError, match=r'r=4 on blocks 12\.\.13 .* cannot be known'):
+        ck.fold_adapters(ambiguous)
+    save_checkpoint_file(ambiguous, str(tmp_path / 'ambiguous.pth'))
+    save_checkpoint_file(backbone, str(tmp_path / 'converted.pth'))
+    capsys.readouterr()
+    assert tool_main('generate_full_weights.py', '--backbone_ckpt', tmp_path / 'converted.pth',
+                     '--soma_ckpt', tmp_path / 'ambiguous.pth', '--out', tmp_path / 'x.pth',
+                     '--merge-adapters') == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and len(err.strip().splitlines()) == 1
+    assert 'cannot be known' in err and not (tmp_path / 'x.pth').exists()

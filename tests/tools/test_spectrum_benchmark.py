@@ -136,3 +136,31 @@ def test_benchmark_cli(tmp_path):
     assert tool_main('benchmark.py', TINY_CONFIG, '--shape', '64', '64', '--repeat', '1',
                      '--warmup', '0', '--out', out) == 0
     assert set(json.loads(out.read_text())['fps']) == {'unmerged', 'merged', 'plain'}
+
+
+def test_spectrum_of_a_rank4_adapter_without_meta_uses_scale_one(tmp_path):
+    """A released adapter records no config: rank from the shapes, lora_alpha = r, s = 1."""
+    backbone = converted_backbone()
+    r = 4
+    adapter = ck.extract_soma_weights(release_full_checkpoint(backbone, r=r, ema=False))
+    adapter.pop('meta')
+    save_checkpoint_file(adapter, str(tmp_path / 'adapter.pth'))
+    save_checkpoint_file(backbone, str(tmp_path / 'converted.pth'))
+    assert tool_main('analyze_spectrum.py', tmp_path / 'converted.pth', '--soma_ckpt',
+                     tmp_path / 'adapter.pth', '--r', r, '--out-dir', tmp_path / 'out') == 0
+    rows = {row['layer']: row for row in _read_csv(tmp_path / 'out' / 'spectrum_layers.csv')}
+    sd = adapter['state_dict']
+    checked = 0
+    for name, row in rows.items():
+        if int(row['block']) < 2:
+            continue
+        a = sd[f'backbone.model.{name}.lora_A.weight'].double().numpy()
+        b = sd[f'backbone.model.{name}.lora_B.weight'].double().numpy()
+        w = backbone[f'{name}.weight'].double().numpy()
+        w_trained = w + b @ a
+        share, _, _ = _np_minor_share(w_trained, r)
+        assert float(row['trained_energy_minor_r']) == pytest.approx(share, rel=1e-5)
+        change = np.linalg.norm(b @ a) / np.linalg.norm(w)
+        assert float(row['rel_change']) == pytest.approx(change, rel=1e-5)
+        checked += 1
+    assert checked == 2 * len(TARGETS)

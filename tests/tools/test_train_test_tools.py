@@ -68,7 +68,8 @@ def test_train_options_build_the_expected_config(data_root, tmp_path):
     config = write_cfg(data_root, str(tmp_path / 'cfg.py'))
     cfg = train_api.build_train_config(train_api.parse_args(
         [config, '--amp', '--auto-scale-lr', '--resume', '--work-dir', str(tmp_path / 'w')]))
-    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    assert cfg.optim_wrapper.type == ('AmpOptimWrapper' if torch.cuda.is_available()
+                                      else 'AutocastOptimWrapper')  # CPU: bf16, no scaler
     assert cfg.auto_scale_lr == dict(enable=True, base_batch_size=2)
     assert cfg.resume is True and cfg.load_from is None
     assert cfg.work_dir == str(tmp_path / 'w')

@@ -1,4 +1,8 @@
 # Runtime shared by the detection (DGOD) configs: mmdet scope, hooks, logging, visualisation.
+# Logging, as in the release: scalars as json (LocalVisBackend) and TensorBoard event files
+# under <work_dir>/<timestamp>/vis_data/. OptionalTensorboardVisBackend (soma/engine/
+# vis_backends.py) writes them when the `tensorboard` package is installed (`make setup`
+# installs it) and logs one info line and does nothing otherwise.
 default_scope = 'mmdet'
 custom_imports = dict(imports=['soma'], allow_failed_imports=False)
 
@@ -7,7 +11,7 @@ env_cfg = dict(
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
     dist_cfg=dict(backend='nccl'),
 )
-vis_backends = [dict(type='LocalVisBackend')]
+vis_backends = [dict(type='LocalVisBackend'), dict(type='OptionalTensorboardVisBackend')]
 visualizer = dict(type='DetLocalVisualizer', vis_backends=vis_backends, name='visualizer')
 log_processor = dict(by_epoch=False)
 log_level = 'INFO'
@@ -24,6 +28,7 @@ default_hooks = dict(
     visualization=dict(type='DetVisualizationHook'),
 )
 custom_hooks = [
+    dict(type='LegacyKeysHook'),  # release Co-DETR checkpoints as load_from / resume
     dict(type='WeightDecayLoggingHook', interval=50),
     dict(type='SoMAMetaHook'),
 ]

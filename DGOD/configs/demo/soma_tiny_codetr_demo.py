@@ -148,6 +148,7 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1),
     visualization=dict(type='DetVisualizationHook', draw=False))
 custom_hooks = [
+    dict(type='LegacyKeysHook'),
     dict(type='WeightDecayLoggingHook', interval=20),
     dict(type='SoMAMetaHook'),
 ]

@@ -73,5 +73,7 @@ model = dict(
                 ]),
             sampler=dict(type='mmdet.MaskPseudoSampler'))),
     train_cfg=dict(),
-    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341)),
+    # slide_batch_size: windows per forward (BatchedSlideEncoderDecoder); None = mmseg's
+    # one window position at a time, same predictions within float rounding
+    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341), slide_batch_size=8),
 )

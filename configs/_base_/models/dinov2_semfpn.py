@@ -18,5 +18,7 @@ model = dict(
         align_corners=False,
         loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
     train_cfg=dict(),
-    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341)),
+    # slide_batch_size: windows per forward (BatchedSlideEncoderDecoder); None = mmseg's
+    # one window position at a time, same predictions within float rounding
+    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341), slide_batch_size=8),
 )

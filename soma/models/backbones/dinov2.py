@@ -13,8 +13,14 @@ Behaviour worth knowing:
 * ``pos_embed`` is stored at the grid ``img_size // patch_size`` (plus the cls token) and
   resized at run time, bicubically, for any other grid, the DINOv2 way: the scale factor is
   ``(grid + interpolate_offset) / stored_grid`` (no antialias, computed in float32).
-* An input whose height/width is not a multiple of ``patch_size`` is zero-padded at the
-  right/bottom to the next multiple, so the maps have ``ceil(H / p) x ceil(W / p)`` tokens.
+* An input whose height/width is not a multiple of ``patch_size`` gives the maps
+  ``floor(H / p) x floor(W / p)`` tokens: as in the release (a conv with kernel = stride = p),
+  the right/bottom remainder is dropped. ``pad_to_patch=True`` zero-pads it at the
+  right/bottom to the next multiple instead (``ceil(H / p) x ceil(W / p)`` tokens).
+* Construction leaves every ``nn.Linear`` as PyTorch's default init made it when ``lora_cfg``
+  has ``svd_init_on='construction'`` (the release builds its adapters from the SVD of those
+  weights); otherwise the linears get DINOv2's trunc-normal init at construction already.
+  ``init_weights()`` without a Pretrained ``init_cfg`` applies DINOv2's init either way.
 * ``forward`` returns the patch tokens after the 4 blocks ``out_indices`` (no final norm) as
   maps resampled bilinearly by x4, x2, x1, x0.5 (strides p/4, p/2, p, 2p; 4, 8, 16, 32 for
   p = 16). Exactly 4 ``out_indices`` are required (ValueError otherwise); use
@@ -57,24 +63,37 @@ def _xformers_ops():
     return ops
 
 
+def _svd_at_construction(lora_cfg):
+    """True when ``lora_cfg`` (dict or config object) asks for ``svd_init_on='construction'``."""
+    if isinstance(lora_cfg, dict):
+        return lora_cfg.get('svd_init_on') == 'construction'
+    return getattr(lora_cfg, 'svd_init_on', None) == 'construction'
+
+
 def _pair(x):
     return tuple(x) if isinstance(x, (tuple, list)) else (x, x)
 
 
 class PatchEmbed(nn.Module):
-    """Conv patchify; zero-pads H and W at the bottom/right up to a multiple of the patch."""
+    """Conv patchify (kernel = stride = patch): a remainder of H or W below one patch is
+    dropped (the release), or with ``pad_to_patch`` zero-padded at the bottom/right."""
 
-    def __init__(self, patch_size=16, in_chans=3, embed_dim=768):
+    def __init__(self, patch_size=16, in_chans=3, embed_dim=768, pad_to_patch=False):
         super().__init__()
         self.patch_size = patch_size
+        self.pad_to_patch = pad_to_patch
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x):
         """(B, C, H, W) -> tokens (B, h * w, D) and the grid (h, w)."""
         p = self.patch_size
-        pad_h, pad_w = -x.shape[-2] % p, -x.shape[-1] % p
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
+        if self.pad_to_patch:
+            pad_h, pad_w = -x.shape[-2] % p, -x.shape[-1] % p
+            if pad_h or pad_w:
+                x = F.pad(x, (0, pad_w, 0, pad_h))
+        elif x.shape[-2] < p or x.shape[-1] < p:
+            raise ValueError(f'input {tuple(x.shape[-2:])} is smaller than one {p}x{p} patch '
+                             f'(pad it, or build the backbone with pad_to_patch=True)')
         x = self.proj(x)
         h, w = x.shape[-2:]
         return x.flatten(2).transpose(1, 2), (h, w)
@@ -223,7 +242,10 @@ class DinoVisionTransformer(BaseModule):
         with_cp: activation checkpointing of every block while training.
         attn_impl: 'auto' | 'sdpa' | 'naive' | 'xformers' (see :class:`Attention`).
         lora_cfg: the adapter config, stored as ``self.lora_cfg`` for the segmentor/detector
-            (the backbone does not apply it).
+            (the backbone does not apply it; with ``svd_init_on='construction'`` the linears
+            keep PyTorch's default init at construction, see the module docstring).
+        pad_to_patch: zero-pad H and W up to a multiple of ``patch_size`` (default False:
+            the remainder is dropped, as in the release).
     """
 
     def __init__(self, arch=None, img_size=512, patch_size=16, in_chans=3, embed_dim=1024,
@@ -231,7 +253,7 @@ class DinoVisionTransformer(BaseModule):
                  proj_bias=True, drop_path_rate=0.0, drop_path_uniform=False, init_values=1e-5,
                  ffn_layer='mlp', block_chunks=0, out_indices=(7, 11, 15, 23),
                  interpolate_offset=0.1, with_cp=False, attn_impl='auto', init_cfg=None,
-                 lora_cfg=None):
+                 lora_cfg=None, pad_to_patch=False):
         super().__init__(init_cfg=init_cfg)
         if arch is not None:
             if arch not in ARCH_SETTINGS:
@@ -268,7 +290,7 @@ class DinoVisionTransformer(BaseModule):
             print_log(f'block_chunks={block_chunks}: blocks stay one flat list (blocks.<i>.*)',
                       logger='current', level=logging.DEBUG)
 
-        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, pad_to_patch)
         num_patches = self.patch_grid[0] * self.patch_grid[1]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
@@ -282,15 +304,19 @@ class DinoVisionTransformer(BaseModule):
                   init_values, ffn_layer, attn_impl) for i in range(depth)
         ])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self._init_dinov2_weights()
+        # the release SVDs its adapters at build time, on the linears' PyTorch default init
+        self._init_dinov2_weights(linears=not _svd_at_construction(lora_cfg))
 
     # ---------------------------------------------------------------- initialisation
-    def _init_dinov2_weights(self):
+    def _init_dinov2_weights(self, linears=True):
         """DINOv2's init: pos_embed trunc-normal(0.02), cls_token normal(1e-6), mask_token 0,
-        every Linear trunc-normal(0.02) with zero bias (adapter ``lora_*`` linears skipped)."""
+        and (``linears``) every Linear trunc-normal(0.02) with zero bias (adapter ``lora_*``
+        linears skipped)."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
         nn.init.zeros_(self.mask_token)
+        if not linears:
+            return
         for name, m in self.named_modules():
             if isinstance(m, nn.Linear) and 'lora' not in name:
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -386,8 +412,9 @@ class DinoVisionTransformer(BaseModule):
         return tuple(outputs)
 
     def forward(self, x):
-        """(B, C, H, W) -> 4 maps (B, D, s * h, s * w) for s = 4, 2, 1, 0.5, where
-        h, w = ceil(H / p), ceil(W / p): the patch tokens after ``out_indices``, no final norm.
+        """(B, C, H, W) -> 4 contiguous maps (B, D, s * h, s * w) for s = 4, 2, 1, 0.5, where
+        h, w = H // p, W // p (ceil with ``pad_to_patch``): the patch tokens after
+        ``out_indices``, no final norm (sizes of the x0.5 map rounded down).
         """
         x, (h, w) = self.prepare_tokens_with_masks(x)
         maps = {}
@@ -402,5 +429,6 @@ class DinoVisionTransformer(BaseModule):
 
     def extra_repr(self):
         return (f'arch={self.arch}, patch_size={self.patch_size}, patch_grid={self.patch_grid}, '
-                f'out_indices={self.out_indices}, with_cp={self.with_cp}')
+                f'out_indices={self.out_indices}, with_cp={self.with_cp}, '
+                f'pad_to_patch={self.patch_embed.pad_to_patch}')
 

@@ -7,6 +7,9 @@
   ``head_idx`` become decoder queries (at most ``max_pos_coords``, at least 9 per image,
   padded with random negatives); each decoder layer gets the main losses, keys
   ``loss_{cls,bbox,iou}_aux`` and ``d<i>.loss_{cls,bbox,iou}_aux``.
+* ``forward``: per decoder layer, box = sigmoid(reg + inverse_sigmoid(reference,
+  eps=1e-3)), as the release (mmdet's DINOHead: eps 1e-5); the positive boxes stay
+  unclamped;
 * ``predict``: top ``max_per_img`` (query, class) pairs by sigmoid score, then the
   ``test_cfg.nms`` (class-wise soft-NMS IoU 0.8 in the release's config).
 """
@@ -14,6 +17,7 @@ import torch
 from mmcv.ops import batched_nms
 from mmdet.models.dense_heads import DINOHead
 from mmdet.models.layers import CdnQueryGenerator
+from mmdet.models.layers.transformer import inverse_sigmoid
 from mmdet.models.losses import QualityFocalLoss
 from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_overlaps, bbox_xyxy_to_cxcywh
 from mmdet.utils import reduce_mean
@@ -75,6 +79,19 @@ class CoDINOHead(DINOHead):
         self.transformer.init_weights()
 
     # ------------------------------------------------------------------- forward
+    def forward(self, hidden_states, references):
+        """Class scores and boxes of every decoder layer (main and positive queries).
+
+        As the release: box = sigmoid(reg_branch(hidden) + inverse_sigmoid(reference,
+        eps=1e-3)); mmdet's DINOHead uses eps 1e-5 here.
+        """
+        all_cls, all_coords = [], []
+        for layer, hidden in enumerate(hidden_states):
+            reference = inverse_sigmoid(references[layer], eps=1e-3)
+            all_cls.append(self.cls_branches[layer](hidden))
+            all_coords.append((self.reg_branches[layer](hidden) + reference).sigmoid())
+        return torch.stack(all_cls), torch.stack(all_coords)
+
     def forward_transformer(self, mlvl_feats, batch_img_metas, dn_queries=None):
         """Run the transformer; return its outputs and the 6 encoder maps."""
         dn_label_query, dn_bbox_query, dn_mask = dn_queries or (None, None, None)
@@ -139,8 +156,7 @@ class CoDINOHead(DINOHead):
                 if feat is not None:
                     feat = torch.cat([feat, feat.new_zeros(n_pad, feat.shape[-1])])
             chosen_lab = torch.cat([lab[chosen], lab.new_full((n_pad, ), self.num_classes)])
-            # clamp so that inverse_sigmoid of the reference boxes stays finite
-            out['coords'].append(box.clamp(1e-4, 1 - 1e-4))
+            out['coords'].append(box)  # unclamped, as the release (see forward_aux)
             out['labels'].append(chosen_lab)
             out['targets'].append(tgt)
             out['label_weights'].append(label_w)

@@ -198,8 +198,10 @@ class CoDinoTransformer(BaseModule):
             raise ValueError(f'auxiliary head index {head_idx} out of range: the transformer '
                              f'was built with num_co_heads={self.num_co_heads}')
         levels = self.flatten_levels(mlvl_feats, batch_img_metas, with_pos=False)
+        # as the release: the boxes are the reference points unclamped (the decoder takes
+        # inverse_sigmoid(eps=1e-3) of them); their sine embedding uses mmdet's eps 1e-5
         pos_embed = DeformableDETR.get_proposal_pos_embed(
-            inverse_sigmoid(coords), num_pos_feats=self.embed_dims // 2)
+            inverse_sigmoid(coords, eps=1e-5), num_pos_feats=self.embed_dims // 2)
         query = self.aux_pos_trans_norm[head_idx](self.aux_pos_trans[head_idx](pos_embed))
         if self.with_coord_feat:
             if pos_feats is None:
@@ -209,11 +211,16 @@ class CoDinoTransformer(BaseModule):
         return self._decode(query, coords, levels['feat'], levels, reg_branches, None)
 
     def memory_to_maps(self, memory, spatial_shapes):
-        """Reshape the encoder memory (bs, N, C) back to one map per level."""
+        """Reshape the encoder memory (bs, N, C) back to one contiguous map per level.
+
+        Contiguous as in the release: mmcv's RoIAlign reads the raw storage as NCHW, so a
+        strided view of the memory would be pooled from (and back-propagated to) the wrong
+        positions.
+        """
         bs, _, c = memory.shape
         sizes = [int(h) * int(w) for h, w in spatial_shapes]
         chunks = memory.split(sizes, dim=1)
-        return [chunk.transpose(1, 2).reshape(bs, c, int(h), int(w))
+        return [chunk.transpose(1, 2).reshape(bs, c, int(h), int(w)).contiguous()
                 for chunk, (h, w) in zip(chunks, spatial_shapes)]
 
 

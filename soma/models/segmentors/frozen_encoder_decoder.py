@@ -1,19 +1,21 @@
 """Baseline: frozen backbone (no gradients, eval mode), only the head trains."""
 import torch
-from mmseg.models.segmentors import EncoderDecoder
 
 from soma.models.peft_backbone import freeze_backbone
 from soma.registry import register_model
+
+from .slide_inference import BatchedSlideEncoderDecoder
 
 __all__ = ['FrozenBackboneEncoderDecoder']
 
 
 @register_model
-class FrozenBackboneEncoderDecoder(EncoderDecoder):
+class FrozenBackboneEncoderDecoder(BatchedSlideEncoderDecoder):
     """mmseg ``EncoderDecoder`` whose backbone never trains.
 
     The backbone runs under ``torch.no_grad()`` and stays in eval mode even in ``train()``
     (no dropout/drop-path, no activation memory). Neck and heads train as usual.
+    Sliding windows are batched (:class:`BatchedSlideEncoderDecoder`).
     """
 
     def __init__(self, backbone, decode_head, **kwargs):

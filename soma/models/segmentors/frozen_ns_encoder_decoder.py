@@ -1,8 +1,9 @@
 """Baseline: full fine-tuning, except norms, layer scales, position and patch embeddings."""
-from mmseg.models.segmentors import EncoderDecoder
 
 from soma.peft.config import ALWAYS_FROZEN_KEYWORDS
 from soma.registry import register_model
+
+from .slide_inference import BatchedSlideEncoderDecoder
 
 __all__ = ['FrozenNSEncoderDecoder', 'freeze_norm_scale_embeddings']
 
@@ -18,11 +19,12 @@ def freeze_norm_scale_embeddings(backbone, keywords=ALWAYS_FROZEN_KEYWORDS):
 
 
 @register_model
-class FrozenNSEncoderDecoder(EncoderDecoder):
+class FrozenNSEncoderDecoder(BatchedSlideEncoderDecoder):
     """mmseg ``EncoderDecoder`` fine-tuning the whole backbone except the parameters named by
     SoMA's always-frozen keywords (``norm1``, ``norm2``, ``ls1``, ``ls2``, ``pos_embed``,
     ``patch_embed``), frozen again at every ``train()``. The release trained it with
     backbone lr x0.01.
+    Sliding windows are batched (:class:`BatchedSlideEncoderDecoder`).
     """
 
     def __init__(self, backbone, decode_head, **kwargs):

@@ -1,0 +1,40 @@
+"""Convert Meta's official DINOv3 ViT weights into a transformers folder for HFVisionBackbone.
+
+    python tools/convert_models/convert_dinov3.py \
+        checkpoints/dinov3_vitl16_pretrain_lvd1689m-<hash>.pth checkpoints/dinov3-vitl16 \
+        [--arch vitl16]
+
+OUT_DIR gets ``config.json`` + ``model.safetensors`` (``DINOv3ViTModel.from_pretrained``
+loads it); it must not exist or be empty, and appears only when complete. The architecture
+is read from the shapes; ``--arch`` refuses a checkpoint of another size. See
+``soma.apis.convert_dinov3``.
+"""
+import argparse
+import sys
+
+
+def parse_args(argv=None):
+    from soma.apis.convert_dinov3 import DINOV3_ARCHS
+    parser = argparse.ArgumentParser(description='Convert official DINOv3 weights for '
+                                                 'transformers / HFVisionBackbone')
+    parser.add_argument('checkpoint', help='official DINOv3 .pth (facebookresearch/dinov3)')
+    parser.add_argument('out_dir', help='output transformers folder (new or empty)')
+    parser.add_argument('--arch', choices=sorted(DINOV3_ARCHS),
+                        help='expected size; refuse a checkpoint of another one')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from soma.apis.convert_dinov3 import convert_dinov3_checkpoint
+    try:
+        out = convert_dinov3_checkpoint(args.checkpoint, args.out_dir, arch=args.arch)
+    except (ValueError, OSError) as e:  # CheckpointError is a ValueError
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    print(f'wrote {out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
