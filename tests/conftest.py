@@ -39,3 +39,17 @@ def registry_scope(request):
     from mmengine.registry import DefaultScope
     with DefaultScope.overwrite_default_scope(scope):
         yield
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread(request):
+    """One torch thread for a test module that sets ``ONE_THREAD = True``: its tiny ops gain
+    nothing from a thread pool, whose waiting dominates on a shared CPU."""
+    if not getattr(request.module, 'ONE_THREAD', False):
+        yield
+        return
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -5,7 +5,12 @@
         [--out work_dirs/benchmark.json]
 
 Without CHECKPOINT the model has random weights (speed does not depend on them). Merged
-inference should match the plain backbone (``ratio_merged_vs_plain`` ~1.0).
+inference should match the plain backbone (``ratio_merged_vs_plain`` ~1.0). With an
+HFVisionBackbone config (DINOv3, DINOv2, SigLIP2 from transformers) ``--backbone`` is a
+transformers folder or its ``config.json`` alone (random weights of that architecture):
+
+    python tools/benchmark.py configs/soma/soma_dinov3-L_mask2former.py \
+        --backbone checkpoints/dinov3-vitl16-pretrain-lvd1689m/config.json
 """
 import argparse
 import json
@@ -17,7 +22,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Benchmark merged vs unmerged SoMA inference')
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', nargs='?', default=None, help='optional checkpoint')
-    parser.add_argument('--backbone', default=None, help='converted DINOv2 checkpoint')
+    parser.add_argument('--backbone', default=None,
+                        help='converted DINOv2 checkpoint; for an HFVisionBackbone config a '
+                        'transformers folder or its config.json')
     parser.add_argument('--shape', type=int, nargs=2, default=[512, 512], metavar=('H', 'W'))
     parser.add_argument('--batch', type=int, default=1)
     parser.add_argument('--repeat', type=int, default=20)
@@ -31,11 +38,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from soma.apis.benchmark import benchmark
-    from soma.apis.inference import init_model
+    from soma.apis.benchmark import benchmark, init_benchmark_model
     try:
-        model = init_model(args.config, args.checkpoint, device=args.device,
-                           backbone=args.backbone, cfg_options=args.cfg_options)
+        model = init_benchmark_model(args.config, args.checkpoint, device=args.device,
+                                     backbone=args.backbone, cfg_options=args.cfg_options)
         result = benchmark(model, tuple(args.shape), args.batch, args.repeat, args.warmup,
                            out=args.out)
     except (ValueError, OSError, RuntimeError) as e:

@@ -12,12 +12,12 @@ import sys
 
 
 def parse_args(argv=None):
-    from soma.peft.config import DEFAULT_TARGET_MODULES
     parser = argparse.ArgumentParser(description='Extract SoMA adapter + detector head weights')
     parser.add_argument('--final_ckpt', required=True, help='trained full checkpoint')
     parser.add_argument('--soma_ckpt', required=True, help='output (.pth or .safetensors)')
-    parser.add_argument('--target_modules', nargs='+', default=list(DEFAULT_TARGET_MODULES),
-                        help='target layer names whose biases are kept')
+    parser.add_argument('--target_modules', nargs='+', default=None,
+                        help='target layer names whose biases are kept (default: the '
+                             "recorded adapter config's, else q k v proj fc1 fc2)")
     parser.add_argument('--semantics', choices=['residual', 'release'], default=None,
                         help="override the semantics recorded in meta['soma']")
     return parser.parse_args(argv)

@@ -5,7 +5,18 @@
 
 Keeps the mask token, every ``lora`` key, the target biases of the adapted blocks and every
 ``decode_head.*`` key (and the same of ``ema_state_dict``). ``--soma_ckpt x.safetensors``
-writes safetensors. Merge back with ``tools/merge_soma_weights.py``.
+writes safetensors. Merge back with ``tools/merge_soma_weights.py``. The target layers and
+their blocks are the recorded adapter config's (``meta['soma']``: any backbone, e.g. an
+``HFVisionBackbone``'s ``q_proj ...`` in ``layer.<i>.``); without one DINOv2's.
+
+``--backbone`` (for ``--peft-dir``): the converted DINOv2 file, or for an ``HFVisionBackbone``
+the transformers folder of its config (``config.json`` + weights).
+
+A ``peft_cfg`` model's checkpoint (``meta['peft']``, written by ``SoMAMetaHook``) keeps
+peft's adapter keys (``...lora_A.default.weight``, ``lora_B``, DoRA's
+``lora_magnitude_vector``), the trained keys recorded in its meta (the biases of peft's
+``bias`` mode) and every key outside the backbone; ``--target_modules``/``--semantics`` do
+not apply (``soma.apis.peft_checkpoint``, ``docs/peft_baselines.md``).
 
 ``--peft-dir DIR --backbone CONVERTED`` (with or without ``--soma_ckpt``): also write the
 adapters as a peft LoRA folder over the public converted weights (``adapter_config.json`` +
@@ -19,17 +30,18 @@ import sys
 
 
 def parse_args(argv=None):
-    from soma.peft.config import DEFAULT_TARGET_MODULES
     parser = argparse.ArgumentParser(description='Extract SoMA adapter + head weights')
     parser.add_argument('--final_ckpt', required=True, help='trained full checkpoint')
     parser.add_argument('--soma_ckpt', help='output (.pth or .safetensors)')
-    parser.add_argument('--target_modules', nargs='+', default=list(DEFAULT_TARGET_MODULES),
-                        help='target layer names whose biases are kept')
+    parser.add_argument('--target_modules', nargs='+', default=None,
+                        help='target layer names whose biases are kept (default: the '
+                             "recorded adapter config's, else q k v proj fc1 fc2)")
     parser.add_argument('--semantics', choices=['residual', 'release'], default=None,
                         help="override the semantics recorded in meta['soma'] (a checkpoint "
                              "without it counts as 'release')")
     parser.add_argument('--peft-dir', help='also write a peft LoRA folder over --backbone')
-    parser.add_argument('--backbone', help='converted DINOv2 checkpoint (for --peft-dir)')
+    parser.add_argument('--backbone', help='converted DINOv2 checkpoint or transformers '
+                                           'folder (for --peft-dir)')
     parser.add_argument('--device', default='cpu',
                         help='device of the SoMA init recomputed for --peft-dir (the training '
                              'device gives the training\'s values)')

@@ -8,7 +8,11 @@ Without ``--merge-adapters`` the output is the merged SoMA checkpoint (as
 ``merge_soma_weights.py``), for the SoMA configs. With it, ``s * B @ A`` is folded into the
 weights and the adapters are dropped: a plain DINOv2 + head checkpoint (keys
 ``backbone.<dinov2 key>``, ``decode_head.*``) for a config whose backbone has no
-``lora_cfg``; it needs no SoMA code and runs as fast as the plain backbone.
+``lora_cfg``; it needs no SoMA code and runs as fast as the plain backbone. A peft adapter
+(``meta['peft']``) is folded by peft's own ``merge_and_unload``: a plain backbone checkpoint
+for the config with ``peft_cfg=None``. For an ``HFVisionBackbone`` ``--backbone_ckpt`` is the
+transformers folder of its config; the folded keys are ``backbone.hf_model.<transformers key>``
+(a plain transformers model under ``hf_model``).
 """
 import argparse
 import sys
@@ -16,7 +20,9 @@ import sys
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Generate full weights from backbone + SoMA')
-    parser.add_argument('--backbone_ckpt', required=True, help='converted DINOv2 checkpoint')
+    parser.add_argument('--backbone_ckpt', required=True,
+                        help='converted DINOv2 checkpoint, or the transformers folder of an '
+                             'HFVisionBackbone')
     parser.add_argument('--soma_ckpt', required=True, help='adapter + head checkpoint')
     parser.add_argument('--out', '--merged_ckpt', dest='out', required=True,
                         help='output checkpoint (.pth or .safetensors)')

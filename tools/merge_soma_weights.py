@@ -10,6 +10,14 @@ semantics) and adapters extracted from this project's models ('residual' semanti
 ``soma.apis.checkpoint``) are both handled. A detector (DGOD) adapter in the release's
 legacy Co-DETR key names is renamed to ours (``soma.apis.legacy_keys``). The output is
 written atomically; a missing, corrupt or unsafe file is a one-line error and no output.
+
+For an ``HFVisionBackbone`` model ``--backbone_ckpt`` is the transformers folder of its
+config (``config.json`` + weights, as ``save_pretrained`` writes it): its weights become the
+``backbone.model.hf_model.*`` keys (``backbone.hf_model.*`` for ``peft_cfg``).
+
+A peft adapter (``meta['peft']``, ``peft_cfg`` models) is merged the same way; for
+``pissa``/``olora`` the adapted base weights ``W - s*B0@A0`` are recomputed from the
+converted backbone with peft's own init (``soma.apis.peft_checkpoint``).
 """
 import argparse
 import sys
@@ -17,7 +25,9 @@ import sys
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Merge SoMA adapter weights with a backbone')
-    parser.add_argument('--backbone_ckpt', required=True, help='converted DINOv2 checkpoint')
+    parser.add_argument('--backbone_ckpt', required=True,
+                        help='converted DINOv2 checkpoint, or the transformers folder of an '
+                             'HFVisionBackbone')
     parser.add_argument('--soma_ckpt', required=True, help='adapter + head checkpoint')
     parser.add_argument('--merged_ckpt', required=True, help='output full checkpoint')
     parser.add_argument('--device', default='cpu',

@@ -28,10 +28,11 @@ default_hooks = dict(
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'),
 )
-# Lists replace (not merge) under `_base_`: a config adding EMA repeats these two hooks.
+# Lists replace (not merge) under `_base_`: a config adding EMA repeats these hooks.
 custom_hooks = [
     dict(type='WeightDecayLoggingHook', interval=50),
     dict(type='SoMAMetaHook'),
+    dict(type='MergeAdaptersHook'),  # validate/test merged; weights restored exactly
 ]
 
 # Multi-scale + flip test-time augmentation (`tools/test.py --tta`), ratios of the release.

@@ -18,5 +18,6 @@ train_dataloader = dict(batch_size=4)
 custom_hooks = [
     dict(type='WeightDecayLoggingHook', interval=50),
     dict(type='SoMAMetaHook'),
+    dict(type='MergeAdaptersHook'),  # validate/test merged; weights restored exactly
     dict(type='EMAHook', begin_iter=16000, priority='NORMAL'),
 ]

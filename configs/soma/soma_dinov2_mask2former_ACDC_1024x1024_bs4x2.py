@@ -27,6 +27,7 @@ default_hooks = dict(checkpoint=dict(max_keep_ckpts=8))
 custom_hooks = [
     dict(type='WeightDecayLoggingHook', interval=50),
     dict(type='SoMAMetaHook'),
+    dict(type='MergeAdaptersHook'),  # validate/test merged; weights restored exactly
     dict(type='EMAHook', begin_iter=20000, priority='NORMAL'),
 ]
 auto_scale_lr = dict(enable=False, base_batch_size=8)  # release: 4 GPUs x 2

@@ -25,5 +25,6 @@ param_scheduler = [
 custom_hooks = [
     dict(type='WeightDecayLoggingHook', interval=50),
     dict(type='SoMAMetaHook'),
+    dict(type='MergeAdaptersHook'),  # validate/test merged; weights restored exactly
     dict(type='EMAHook', begin_iter=16000, priority='NORMAL'),
 ]

@@ -1,36 +1,17 @@
 # SoMA, DINOv3-L/16 + Mask2Former, GTAV -> Cityscapes, BDD100K, Mapillary: the recipe of
 # soma_dinov2-L_mask2former.py (crop 512, batch 4, 40k iterations, EMA from 12k) with the
-# backbone swapped for transformers' DINOv3ViTModel (HFVisionBackbone).
-# Weights (Meta's DINOv3 License): a transformers folder, either downloaded
-# (facebook/dinov3-vitl16-pretrain-lvd1689m) or converted from the official .pth:
-#   python tools/convert_models/convert_dinov3.py \
-#       checkpoints/dinov3_vitl16_pretrain_lvd1689m-<hash>.pth \
-#       checkpoints/dinov3-vitl16-pretrain-lvd1689m --arch vitl16
-_base_ = ['./soma_dinov2-L_mask2former.py']
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='HFVisionBackbone',
-        model='checkpoints/dinov3-vitl16-pretrain-lvd1689m',
-        out_indices=[7, 11, 15, 23],
-        gradient_checkpointing=False,
-        # SoMA r=16 on every linear of blocks 8..23 (blocks 0..7 of 24 frozen), SVD of the
-        # pretrained weights
-        lora_cfg=dict(
-            type='soma',
-            r=16,
-            lora_alpha=16,
-            lora_dropout=0.0,
-            first_eigen=False,
-            lora_weight_init='soma',
-            target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj', 'up_proj', 'down_proj'],
-            layers_pattern='layer',
-            start_lora_idx=8,
-            rank_ramp=False,
-            bias='all',
-            merge_weights=False,
-            fan_in_fan_out=False,
-            modules_to_save=None,
-        ),
-    ),
-)
+# backbone swapped for transformers' DINOv3ViTModel (HFVisionBackbone, blocks 0..7 of 24
+# frozen); weights and their conversion: ../_base_/models/dinov3_mask2former.py.
+_base_ = [
+    '../_base_/datasets/dg_gta_512x512.py',
+    '../_base_/default_runtime.py',
+    '../_base_/models/dinov3_mask2former.py',
+    '../_base_/schedules/soma_40k.py',
+]
+train_dataloader = dict(batch_size=4)
+custom_hooks = [
+    dict(type='WeightDecayLoggingHook', interval=50),
+    dict(type='SoMAMetaHook'),
+    dict(type='MergeAdaptersHook'),  # validate/test merged; weights restored exactly
+    dict(type='EMAHook', begin_iter=12000, priority='NORMAL'),
+]

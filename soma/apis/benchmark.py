@@ -13,6 +13,11 @@ Merging adds no inference cost, so ``merged / plain`` should be ~1.0 (>= 0.98); 
 merged model has exactly the plain model's layers (``merged_same_layers_as_plain``). FPS
 figures use the fastest of the ``repeat`` runs of each model (robust to a busy machine);
 ``fps_median`` and every run's time are in the result too.
+
+:func:`init_benchmark_model` builds the model of a config for it, DINOv2 or
+``HFVisionBackbone`` (DINOv3, DINOv2, SigLIP2 from transformers): for the latter
+``backbone`` is a transformers folder, or only its ``config.json`` (random weights of that
+architecture: the speed does not depend on them).
 """
 import copy
 import json
@@ -24,7 +29,38 @@ import time
 import torch
 from torch import nn
 
-__all__ = ['merged_copy', 'plain_copy', 'time_models', 'benchmark']
+__all__ = ['init_benchmark_model', 'merged_copy', 'plain_copy', 'time_models', 'benchmark']
+
+
+def _hf_model_arg(backbone):
+    """``HFVisionBackbone(model=...)`` for ``backbone``: a folder (its weights), or a
+    ``config.json`` file (a config dict: random weights)."""
+    path = os.fspath(backbone)
+    if osp.isdir(path):
+        return path
+    if osp.isfile(path) and osp.basename(path) == 'config.json':
+        with open(path, encoding='utf-8') as f:
+            fields = json.load(f)
+        if not isinstance(fields, dict) or 'model_type' not in fields:
+            raise ValueError(f'{path}: not a transformers config (no model_type)')
+        return {k: v for k, v in fields.items() if not k.startswith('_')}
+    raise FileNotFoundError(f'--backbone {path}: an HFVisionBackbone config needs a '
+                            f'transformers folder or its config.json')
+
+
+def init_benchmark_model(config, checkpoint=None, device='cpu', backbone=None,
+                         cfg_options=None):
+    """:func:`soma.apis.inference.init_model` for a benchmark: with an ``HFVisionBackbone``
+    config, ``backbone`` replaces ``model.backbone.model`` (a folder or a ``config.json``);
+    otherwise it is the converted DINOv2, as for ``init_model``."""
+    from soma.apis.inference import _load_config, init_model
+    cfg = _load_config(config, cfg_options)
+    backbone_cfg = cfg.model.get('backbone') or {}
+    if backbone_cfg.get('type') != 'HFVisionBackbone':
+        return init_model(cfg, checkpoint, device=device, backbone=backbone)
+    if backbone is not None:
+        backbone_cfg['model'] = _hf_model_arg(backbone)
+    return init_model(cfg, checkpoint, device=device)
 
 
 def _soma_linear_cls():

@@ -4,9 +4,15 @@ This module is the one owner of the checkpoint key layout (SPEC 4):
 
 * backbone keys: ``backbone.model.<dinov2 key>`` (the adapter wrapper holds the ViT as
   ``.model``); with adapters folded into plain weights: ``backbone.<dinov2 key>``;
+* an ``HFVisionBackbone``: the same with ``hf_model.<transformers key>`` for the DINOv2 key;
+  its "converted backbone" is the transformers folder of its config (``model=<folder>``,
+  ``config.json`` + weights), read as the backbone reads it
+  (:func:`soma.models.backbones.hf_vision.hf_backbone_state_dict`);
 * EMA copies (mmengine ``EMAHook``, key ``ema_state_dict``): the same keys behind ``module.``;
 * adapter checkpoints keep ``backbone.model.mask_token``, every key containing ``lora``, the
-  biases of the target layers and every head key (``decode_head.*``).
+  biases of the target layers and every head key (``decode_head.*``). The target layers and
+  blocks follow the recorded adapter config (``meta['soma']['lora_cfg']``: ``target_modules``,
+  ``layers_pattern``; DINOv2's ``q k v proj fc1 fc2`` in ``blocks.<i>.`` without one).
 
 Two semantics of the adapted weight (SPEC 3, "Defect"), recorded in ``meta['soma']``:
 
@@ -21,14 +27,14 @@ Two semantics of the adapted weight (SPEC 3, "Defect"), recorded in ``meta['soma
 import copy
 import os
 import os.path as osp
-import re
 
 import torch
 from torch import nn
 
 from soma.apis.legacy_keys import rename_legacy_codetr_checkpoint
 from soma.peft.config import (ADAPTER_KEYWORD, DEFAULT_TARGET_MODULES, META_KEY,
-                              SEMANTICS_RELEASE, SEMANTICS_RESIDUAL, WRAPPED_MODEL_ATTR)
+                              SEMANTICS_RELEASE, SEMANTICS_RESIDUAL, TRAINABLE_TOKEN_KEYWORDS,
+                              WRAPPED_MODEL_ATTR)
 from soma.utils.checkpoint_io import (EMA_STATE_DICT, CheckpointError, get_state_dict,
                                       load_checkpoint_file, save_checkpoint_file)
 
@@ -47,6 +53,7 @@ PLAIN_BACKBONE_PREFIX = 'backbone.'
 EMA_PREFIX = 'module.'
 HEAD_PREFIX = 'decode_head.'
 MASK_TOKEN = 'mask_token'
+DINOV2_LAYERS_PATTERN = 'blocks'  # the block container of our DINOv2 (and the release's)
 LORA_A, LORA_B = f'.{ADAPTER_KEYWORD}_A.weight', f'.{ADAPTER_KEYWORD}_B.weight'
 
 CONVERT_SCRIPT = 'tools/convert_models/convert_dinov2_sora.py'
@@ -91,29 +98,51 @@ def checkpoint_semantics(ckpt):
 
 
 # --------------------------------------------------------------------------- key rules
-def _is_target(module_name, target_modules):
-    """Whether ``blocks.<i>.<...>`` names a target layer (soma.peft's name rules)."""
+def _recorded_lora_cfg(ckpt):
+    """The adapter config dict recorded in ``meta['soma']`` ({} when none, e.g. a release)."""
+    meta = ckpt.get('meta') if isinstance(ckpt, dict) and 'state_dict' in ckpt else None
+    soma_meta = (meta if isinstance(meta, dict) else {}).get(META_KEY) or {}
+    return dict(soma_meta.get('lora_cfg') or soma_meta.get('config') or {})
+
+
+def _key_rules(ckpt, target_modules=None):
+    """``(target_modules, layers_pattern)`` that select an adapter checkpoint's biases:
+    ``target_modules`` when given, else the recorded adapter config's; its
+    ``layers_pattern`` (None: no blocks); without a record DINOv2's (the release's)."""
+    lora_cfg = _recorded_lora_cfg(ckpt)
+    if target_modules is None:
+        target_modules = lora_cfg.get('target_modules') or DEFAULT_TARGET_MODULES
+    return target_modules, lora_cfg.get('layers_pattern', DINOV2_LAYERS_PATTERN)
+
+
+def _is_target(module_name, target_modules, layers_pattern=DINOV2_LAYERS_PATTERN):
+    """Whether a module name is a target layer in a block (soma.peft's name rules);
+    with ``layers_pattern=None`` any target layer."""
     from soma.peft.model import block_index, is_target_name
-    return block_index(module_name) is not None and is_target_name(module_name, target_modules)
+    in_block = layers_pattern is None or block_index(module_name, layers_pattern) is not None
+    return in_block and is_target_name(module_name, target_modules)
 
 
-def _adapted_blocks(state_dict):
-    """Block indices that hold lora keys (EMA ``module.`` keys count too)."""
-    found = set()
-    for key in state_dict:
-        if ADAPTER_KEYWORD in key:
-            m = re.search(r'blocks\.(\d+)\.', key)
-            if m:
-                found.add(int(m.group(1)))
-    return found
+def _adapted_blocks(state_dict, layers_pattern=DINOV2_LAYERS_PATTERN):
+    """Block indices that hold lora keys (EMA ``module.`` keys count too); None without
+    blocks (``layers_pattern=None``)."""
+    from soma.peft.model import block_index
+    if layers_pattern is None:
+        return None
+    found = {block_index(k, layers_pattern) for k in state_dict if ADAPTER_KEYWORD in k}
+    return found - {None}
 
 
-def is_adapter_key(key, target_modules=DEFAULT_TARGET_MODULES, adapted_blocks=None):
+def is_adapter_key(key, target_modules=DEFAULT_TARGET_MODULES, adapted_blocks=None,
+                   layers_pattern=DINOV2_LAYERS_PATTERN):
     """Whether a segmentor key belongs in an adapter checkpoint (``module.`` EMA keys too).
 
     True for the mask token, every ``lora`` key and the biases of the target layers
     (of ``adapted_blocks`` only, when given: the other blocks are frozen at pretrained values).
+    ``layers_pattern``: the block container (``blocks`` for DINOv2, ``layer``/``layers``
+    for the HF backbones; None: no blocks).
     """
+    from soma.peft.model import block_index
     if key.startswith(EMA_PREFIX):
         key = key[len(EMA_PREFIX):]
     if ADAPTER_KEYWORD in key:
@@ -121,11 +150,12 @@ def is_adapter_key(key, target_modules=DEFAULT_TARGET_MODULES, adapted_blocks=No
     if not key.startswith(BACKBONE_PREFIX):
         return False
     rest = key[len(BACKBONE_PREFIX):]
-    if rest == MASK_TOKEN:
-        return True
-    if not rest.endswith('.bias') or not _is_target(rest[:-5], target_modules):
+    if rest == MASK_TOKEN or rest.rpartition('.')[2] in TRAINABLE_TOKEN_KEYWORDS:
+        return True  # DINOv2's mask_token; HF: embeddings.mask_token
+    if not rest.endswith('.bias') or not _is_target(rest[:-5], target_modules, layers_pattern):
         return False
-    return adapted_blocks is None or int(rest.split('.')[1]) in adapted_blocks
+    return (adapted_blocks is None or layers_pattern is None
+            or block_index(rest, layers_pattern) in adapted_blocks)
 
 
 def _is_head_key(key):
@@ -153,21 +183,42 @@ def _output_meta(ckpt, semantics=None):
     return out
 
 
+def _peft_meta(ckpt, name, semantics=None):
+    """``meta['peft']`` of a peft model's checkpoint (:mod:`soma.apis.peft_checkpoint`),
+    else None (a SoMA checkpoint)."""
+    from soma.apis.peft_checkpoint import peft_meta_of
+    meta = peft_meta_of(ckpt, name)
+    if meta is not None and semantics is not None:
+        raise ValueError(f'{name}: a peft model checkpoint; semantics={semantics!r} applies to '
+                         f'SoMA checkpoints only (its meta records the base weights)')
+    return meta
+
+
 # --------------------------------------------------------------------------- extract
-def extract_soma_weights(full_ckpt, target_modules=DEFAULT_TARGET_MODULES, semantics=None):
+def extract_soma_weights(full_ckpt, target_modules=None, semantics=None):
     """Adapter + head checkpoint of a trained segmentor (the released layout, SPEC 4).
 
     Keeps ``backbone.model.mask_token``, every ``lora`` key, the biases of the target layers
     in the adapted blocks (the others are frozen) and every ``decode_head.*`` key, in
-    ``state_dict`` and (when present) ``ema_state_dict``. ``meta['soma']`` (semantics,
+    ``state_dict`` and (when present) ``ema_state_dict``. ``target_modules`` (the biases
+    kept) default to the recorded adapter config's (DINOv2's six without one); its
+    ``layers_pattern`` names the blocks (any backbone). ``meta['soma']`` (semantics,
     adapter config) and ``meta['dataset_meta']`` are copied; ``semantics`` overrides the
     recorded semantics (a checkpoint without it counts as 'release').
+
+    A peft model's checkpoint (``meta['peft']``) goes to
+    :func:`soma.apis.peft_checkpoint.extract_peft_weights` (``target_modules`` unused).
     """
     full_ckpt = load_soma_checkpoint_file(full_ckpt)
+    if _peft_meta(full_ckpt, 'final checkpoint', semantics) is not None:
+        from soma.apis.peft_checkpoint import extract_peft_weights
+        return extract_peft_weights(full_ckpt)
     state_dict = get_state_dict(full_ckpt)
     _require_adapters(state_dict, 'final checkpoint')
-    blocks = _adapted_blocks(state_dict)
-    keep = lambda k: is_adapter_key(k, target_modules, blocks) or _is_head_key(k)  # noqa: E731
+    target_modules, pattern = _key_rules(full_ckpt, target_modules)
+    blocks = _adapted_blocks(state_dict, pattern)
+    keep = lambda k: (is_adapter_key(k, target_modules, blocks, pattern)  # noqa: E731
+                      or _is_head_key(k))
     out = {'state_dict': {k: v for k, v in state_dict.items() if keep(k)}}
     ema = full_ckpt.get(EMA_STATE_DICT) if 'state_dict' in full_ckpt else None
     if isinstance(ema, dict):
@@ -177,26 +228,67 @@ def extract_soma_weights(full_ckpt, target_modules=DEFAULT_TARGET_MODULES, seman
     return out
 
 
-def extract_soma_dgod_weights(full_ckpt, target_modules=DEFAULT_TARGET_MODULES, semantics=None):
+def extract_soma_dgod_weights(full_ckpt, target_modules=None, semantics=None):
     """Adapter + neck + heads checkpoint of a trained detector.
 
     Keeps every key that does not contain ``backbone`` (neck, query/RPN/RoI/bbox heads), plus
     the mask token, the ``lora`` keys and the target biases. The EMA copy is dropped.
+    A peft model's checkpoint: :func:`soma.apis.peft_checkpoint.extract_peft_weights`.
     """
     full_ckpt = load_soma_checkpoint_file(full_ckpt)
+    if _peft_meta(full_ckpt, 'final checkpoint', semantics) is not None:
+        from soma.apis.peft_checkpoint import extract_peft_weights
+        return extract_peft_weights(full_ckpt, keep_ema=False)
     state_dict = get_state_dict(full_ckpt)
     _require_adapters(state_dict, 'final checkpoint')
-    blocks = _adapted_blocks(state_dict)
-    out = {'state_dict': {k: v for k, v in state_dict.items()
-                          if 'backbone' not in k or is_adapter_key(k, target_modules, blocks)}}
+    target_modules, pattern = _key_rules(full_ckpt, target_modules)
+    blocks = _adapted_blocks(state_dict, pattern)
+    out = {'state_dict': {k: v for k, v in state_dict.items() if 'backbone' not in k
+                          or is_adapter_key(k, target_modules, blocks, pattern)}}
     out['meta'] = _output_meta(full_ckpt, semantics)
     checkpoint_semantics(out)
     return out
 
 
 # --------------------------------------------------------------------------- merge
+def _hf_folder(backbone_ckpt):
+    """The transformers folder a backbone argument names (the folder or its config.json)."""
+    if not isinstance(backbone_ckpt, (str, os.PathLike)):
+        return None
+    path = os.fspath(backbone_ckpt)
+    if osp.isdir(path):
+        return path
+    if osp.basename(path) == 'config.json':
+        return osp.dirname(path) or '.'
+    return None
+
+
+def _hf_backbone_state_dict(folder, name):
+    """``hf_model.*`` keys of a transformers folder, as HFVisionBackbone loads it (without
+    transformers' loading progress bar: the tools' stderr is for their one-line errors)."""
+    from transformers.utils import logging as hf_logging
+
+    from soma.models.backbones.hf_vision import hf_backbone_state_dict
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return hf_backbone_state_dict(folder)
+    except (OSError, ValueError) as e:  # no config.json, another model type, no weights
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        raise CheckpointError(f'{name} {folder}: {lines[0]}') from None
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
 def _backbone_state_dict(backbone_ckpt, name='backbone checkpoint'):
-    """Plain converted DINOv2 keys (``blocks.0.attn.q.weight`` ...) of a backbone checkpoint."""
+    """Plain backbone keys of a backbone checkpoint: converted DINOv2 keys
+    (``blocks.0.attn.q.weight`` ...), or ``hf_model.*`` keys of a transformers folder (the
+    weights of an HFVisionBackbone on it) or of a file holding them."""
+    from soma.models.backbones.hf_vision import HF_MODEL_PREFIX
+    folder = _hf_folder(backbone_ckpt)
+    if folder is not None:
+        return _hf_backbone_state_dict(folder, name)
     state_dict = get_state_dict(load_soma_checkpoint_file(backbone_ckpt))
     state_dict = {k: v for k, v in state_dict.items() if torch.is_tensor(v)}
     for prefix in (BACKBONE_PREFIX, PLAIN_BACKBONE_PREFIX):
@@ -208,14 +300,16 @@ def _backbone_state_dict(backbone_ckpt, name='backbone checkpoint'):
         raise CheckpointError(
             f'{name}: holds an unconverted DINOv2 ({fused[0]}); convert it first: python '
             f'{CONVERT_SCRIPT} {_name(backbone_ckpt, PRETRAINED_FILE)} {CONVERTED_FILE}')
-    if 'pos_embed' not in state_dict:
+    if 'pos_embed' not in state_dict and not any(k.startswith(HF_MODEL_PREFIX)
+                                                 for k in state_dict):
         raise CheckpointError(
             f'{name}: not a converted DINOv2 backbone, it has no pos_embed key '
-            f'(first keys: {_few(state_dict)})')
+            f'(first keys: {_few(state_dict)}); for an HFVisionBackbone pass its '
+            f'transformers folder')
     lora = [k for k in state_dict if ADAPTER_KEYWORD in k]
     if lora:
         raise CheckpointError(f'{name}: holds adapter keys ({_few(lora, 1)}); pass the '
-                              f'converted DINOv2 backbone, not a SoMA checkpoint')
+                              f'converted backbone, not a SoMA checkpoint')
     return state_dict
 
 
@@ -303,9 +397,16 @@ def release_adapter_config(layers, name='adapter checkpoint'):
     block 12 on (with or without the ramp, scale 1 or ``1 / f``).
     """
     from soma.peft.config import RANK_RAMP_STARTS, SoMAConfig
+    from soma.peft.model import block_index
     if not layers:
         raise CheckpointError(f'{name}: no adapter config in meta and no lora keys')
-    block_of = {n: int(n.split('.')[1]) for n in layers}
+    block_of = {n: block_index(n, DINOV2_LAYERS_PATTERN) for n in layers}
+    outside = [n for n, b in block_of.items() if b is None]
+    if outside:
+        raise CheckpointError(
+            f"{name}: no adapter config in meta['{META_KEY}'] and adapters outside DINOv2 "
+            f"blocks ({_few(outside, 1)}; another backbone?): its scale and blocks cannot be "
+            f"known; record lora_cfg in meta['{META_KEY}'] (SoMAMetaHook)")
     blocks = sorted(set(block_of.values()))
     suffixes = sorted({n.split('.')[-1] for n in layers})
     ramp = SoMAConfig(r=1, rank_ramp=True)
@@ -373,9 +474,13 @@ def merge_soma_weights(backbone_ckpt, adapter_ckpt, device='cpu'):
     'residual' semantics the adapted weights become ``W_res``, rebuilt with the SoMA
     initialisation on ``device`` (use the training device for a bit-exact rebuild).
     Returns ``{'state_dict', ['ema_state_dict'], 'meta'}`` with ``meta['soma']['semantics']``.
+    A peft adapter (``meta['peft']``): :func:`soma.apis.peft_checkpoint.merge_peft_weights`.
     """
     backbone = _backbone_state_dict(backbone_ckpt)
     adapter_ckpt = load_soma_checkpoint_file(adapter_ckpt)
+    if _peft_meta(adapter_ckpt, 'adapter checkpoint') is not None:
+        from soma.apis.peft_checkpoint import merge_peft_weights
+        return merge_peft_weights(backbone, adapter_ckpt, device=device)
     adapter = get_state_dict(adapter_ckpt)
     adapter_ema = adapter_ckpt.get(EMA_STATE_DICT) if 'state_dict' in adapter_ckpt else None
     _require_adapters(adapter, 'adapter checkpoint')
@@ -412,8 +517,12 @@ def fold_adapters(full_ckpt):
     computed by ``soma.peft`` (``SoMAModel.merge_and_unload``) with the recorded adapter
     config; a released checkpoint records none: rank from the adapter shapes and the
     release's ``lora_alpha = r`` (:func:`release_adapter_config`). EMA is dropped.
+    A peft model (``meta['peft']``): :func:`soma.apis.peft_checkpoint.fold_peft_adapters`.
     """
     full_ckpt = load_soma_checkpoint_file(full_ckpt)
+    if _peft_meta(full_ckpt, 'full checkpoint') is not None:
+        from soma.apis.peft_checkpoint import fold_peft_adapters
+        return fold_peft_adapters(full_ckpt)
     state_dict = get_state_dict(full_ckpt)
     _require_adapters(state_dict, 'full checkpoint')
     meta = full_ckpt.get('meta') if 'state_dict' in full_ckpt else None
@@ -510,6 +619,10 @@ def check_checkpoint_for_model(model, state_dict, cfg=None, checkpoint_path=None
         patch = _patch_size(expected, prefix)
         if grid and patch:
             converted = _converted_name(grid[0] * patch, grid[1] * patch)
+        hf_folder = _cfg_get(cfg, 'model', 'backbone', 'model')
+        if _cfg_get(cfg, 'model', 'backbone', 'type') == 'HFVisionBackbone' and isinstance(
+                hf_folder, str):  # its converted backbone: the transformers folder
+            converted = hf_folder
         merged = osp.join('checkpoints', 'merged_checkpoints', osp.basename(ckpt))
         raise CheckpointError(
             f'{ckpt} holds only adapter and head weights: {len(missing_bb)} backbone keys are '
@@ -538,7 +651,7 @@ def check_checkpoint_for_model(model, state_dict, cfg=None, checkpoint_path=None
                 f"target_modules={lora_cfg.get('target_modules', '?')}") if lora_cfg else ''
     extra_lora = [k for k in unexpected if ADAPTER_KEYWORD in k]
     if extra_lora:
-        blocks = _blocks(extra_lora)
+        blocks = _blocks(extra_lora, _layers_pattern_of(model))
         raise CheckpointError(
             f'{ckpt} has adapters for layers the config does not adapt (blocks {blocks}, '
             f'{len(extra_lora)} keys, e.g. {_few(extra_lora, 1)}); '
@@ -547,7 +660,8 @@ def check_checkpoint_for_model(model, state_dict, cfg=None, checkpoint_path=None
     if missing_lora:
         raise CheckpointError(
             f'the config adapts layers that have no adapter in {ckpt} (blocks '
-            f'{_blocks(missing_lora)}, {len(missing_lora)} keys, e.g. {_few(missing_lora, 1)})'
+            f'{_blocks(missing_lora, _layers_pattern_of(model))}, {len(missing_lora)} keys, '
+            f'e.g. {_few(missing_lora, 1)})'
             f'{"; the config has " + cfg_desc if cfg_desc else ""}')
 
     # 4. shapes
@@ -584,8 +698,15 @@ def _patch_size(expected, prefix):
     return None if weight is None else int(weight.shape[-1])
 
 
-def _blocks(keys):
-    found = sorted({int(m.group(1)) for k in keys for m in [re.search(r'blocks\.(\d+)\.', k)] if m})
+def _layers_pattern_of(model):
+    """The block container of a SoMA model's backbone (its adapter config), else DINOv2's."""
+    config = getattr(getattr(model, 'backbone', None), 'peft_config', None)
+    return getattr(config, 'layers_pattern', DINOV2_LAYERS_PATTERN)
+
+
+def _blocks(keys, layers_pattern=DINOV2_LAYERS_PATTERN):
+    from soma.peft.model import block_index
+    found = sorted({block_index(k, layers_pattern) for k in keys} - {None})
     return found or '?'
 
 
@@ -783,8 +904,7 @@ def _save(ckpt, path, overwrite=True):
     return path
 
 
-def extract_file(final_ckpt, soma_ckpt, target_modules=DEFAULT_TARGET_MODULES, dgod=False,
-                 semantics=None):
+def extract_file(final_ckpt, soma_ckpt, target_modules=None, dgod=False, semantics=None):
     """Extract from a file and save (``.pth`` or ``.safetensors``, atomically)."""
     fn = extract_soma_dgod_weights if dgod else extract_soma_weights
     return _save(fn(final_ckpt, target_modules, semantics=semantics), soma_ckpt)

@@ -1,6 +1,12 @@
-"""Singular-value spectra of the adapted layers of a converted DINOv2 (and of a trained model).
+"""Singular-value spectra of the adapted layers of a backbone (and of a trained model).
 
-For every target linear ``blocks.<i>.<module>`` the singular values are computed in float64
+The backbone: a converted DINOv2 checkpoint (layers ``blocks.<i>.<module>``), or a
+transformers folder of a model :class:`~soma.models.backbones.HFVisionBackbone` wraps
+(DINOv3, DINOv2, SigLIP2; layers named as in the transformers model, e.g.
+``model.layer.<i>.attention.q_proj``, the family's linears by default), or an mmengine config
+whose ``model.backbone`` is an ``HFVisionBackbone`` on such a folder.
+
+For every target linear the singular values are computed in float64
 and the share of energy (sum of squared singular values) held by the minor ``r`` components
 is reported, per layer and per block (pooled over the block's layers). With a trained SoMA
 checkpoint, the same is reported for the effective trained weight ``weight + s * B @ A``
@@ -21,7 +27,9 @@ import torch
 from soma.peft.config import DEFAULT_TARGET_MODULES
 from soma.utils.checkpoint_io import atomic_output
 
-__all__ = ['singular_values', 'minor_energy_share', 'layer_spectra', 'analyze_spectrum']
+__all__ = ['singular_values', 'minor_energy_share', 'layer_spectra', 'hf_backbone_weights',
+           'analyze_spectrum']
+HF_PREFIX = 'hf_model.'  # HFVisionBackbone's transformers model
 
 LAYER_FIELDS = ['layer', 'block', 'module', 'out_features', 'in_features', 'r',
                 'energy_minor_r', 'energy_top_r', 'trained_energy_minor_r', 'rel_change']
@@ -39,11 +47,17 @@ def minor_energy_share(s, r):
     return float(np.sort(energy)[:r].sum() / energy.sum())
 
 
-def _target_layers(state_dict, target_modules):
-    """``{layer name: weight}`` of the target linears inside ``blocks.<i>.``, block order."""
+def _layer_re(layers_pattern):
+    return re.compile(rf'((?:.*\.)?{layers_pattern}\.(\d+)\.(.+))\.weight')
+
+
+def _target_layers(state_dict, target_modules, layers_pattern='blocks'):
+    """``{layer name: weight}`` of the target linears in ``<layers_pattern>.<i>.``, in block
+    order."""
     layers = {}
+    layer_re = _layer_re(layers_pattern)
     for key, value in state_dict.items():
-        m = re.fullmatch(r'(blocks\.(\d+)\.(.+))\.weight', key)
+        m = layer_re.fullmatch(key)
         if m is None or value.ndim != 2:
             continue
         name, module = m.group(1), m.group(3)
@@ -52,32 +66,34 @@ def _target_layers(state_dict, target_modules):
         else:
             hit = any(module == t or module.endswith(f'.{t}') for t in target_modules)
         if hit:
-            layers[name] = value
-    return dict(sorted(layers.items(), key=lambda kv: (int(kv[0].split('.')[1]), kv[0])))
+            layers[name] = (int(m.group(2)), module, value)
+    return dict(sorted(layers.items(), key=lambda kv: (kv[1][0], kv[0])))
 
 
 def layer_spectra(state_dict, r=16, target_modules=DEFAULT_TARGET_MODULES, trained=None,
-                  progress=True):
+                  progress=True, layers_pattern='blocks'):
     """Per-layer rows (see ``LAYER_FIELDS``) and singular values.
 
-    ``state_dict``: plain converted DINOv2 keys; ``trained``: the same keys holding the
-    trained effective weights (optional). Returns ``(rows, spectra)`` with ``spectra[name] =
-    (s_pretrained, s_trained or None)``.
+    ``state_dict``: plain converted DINOv2 keys (or a transformers model's, with its
+    ``layers_pattern``); ``trained``: ``{layer name: trained effective weight}`` (optional).
+    Returns ``(rows, spectra)`` with ``spectra[name] = (s_pretrained, s_trained or None)``.
     """
-    layers = _target_layers(state_dict, target_modules)
+    layers = _target_layers(state_dict, target_modules, layers_pattern)
     if not layers:
-        raise ValueError(f'no target layers (blocks.<i>.{{{",".join(target_modules)}}}.weight) '
-                         f'in the checkpoint')
+        targets = (target_modules if isinstance(target_modules, str)
+                   else '{' + ','.join(target_modules) + '}')
+        raise ValueError(f'no target layers ({layers_pattern}.<i>.{targets}.weight) in the '
+                         f'checkpoint')
     bar = None
     if progress:
         from mmengine.utils import ProgressBar
         bar = ProgressBar(len(layers))
     rows, spectra = [], {}
-    for name, weight in layers.items():
+    for name, (block, module, weight) in layers.items():
         if r > min(weight.shape):
             raise ValueError(f'r={r} exceeds the rank of {name}.weight {tuple(weight.shape)}')
         s = singular_values(weight)
-        row = dict(layer=name, block=int(name.split('.')[1]), module=name.split('.', 2)[2],
+        row = dict(layer=name, block=block, module=module,
                    out_features=weight.shape[0], in_features=weight.shape[1], r=r,
                    energy_minor_r=minor_energy_share(s, r),
                    energy_top_r=float((s[:r] ** 2).sum() / (s ** 2).sum()),
@@ -169,26 +185,114 @@ def _plot(rows, spectra, blocks, r, spectrum_png, energy_png):
     plt.close(fig)
 
 
+def _hf_folder_of(source):
+    """The transformers folder named by ``source`` (a folder, or an mmengine config whose
+    ``model.backbone`` is an HFVisionBackbone on a folder), or None for anything else."""
+    source = os.fspath(source)
+    if osp.isdir(source):
+        return source
+    if not source.endswith('.py'):
+        return None
+    from mmengine.config import Config
+    backbone = Config.fromfile(source).model.get('backbone') or {}
+    if backbone.get('type') != 'HFVisionBackbone':
+        raise ValueError(f'{source}: model.backbone is {backbone.get("type")!r}, not an '
+                         f'HFVisionBackbone; pass a converted DINOv2 checkpoint instead')
+    folder = backbone.get('model')
+    if not isinstance(folder, str):
+        raise ValueError(f'{source}: model.backbone.model must name a transformers folder '
+                         f'(pretrained weights) for a spectrum, got a {type(folder).__name__}')
+    return folder
+
+
+def hf_backbone_weights(folder):
+    """``(state dict with hf_model.* keys, family)`` of a transformers folder, float32, as
+    :class:`~soma.models.backbones.HFVisionBackbone` loads it."""
+    from soma.models.backbones.hf_vision import build_hf_vision_model
+    model, family = build_hf_vision_model(folder)
+    return {HF_PREFIX + k: v for k, v in model.state_dict().items()}, family
+
+
+def _hf_trained_weights(pretrained, soma_ckpt, device='cpu'):
+    """``{layer: W_res + s * B @ A}`` of an HFVisionBackbone SoMA checkpoint, full (with the
+    residual weights) or adapter-only (``W_res`` rebuilt by the SoMA initialisation on the
+    folder's weights with the recorded adapter config), folded by ``soma.peft``."""
+    from soma.apis.checkpoint import (BACKBONE_PREFIX, LORA_A, LORA_B, _adapted_layers,
+                                      _check_layer_sets, _residual_weights, _soma_config,
+                                      _soma_model, checkpoint_semantics,
+                                      load_soma_checkpoint_file)
+    from soma.peft.config import META_KEY, SEMANTICS_RESIDUAL
+    from soma.utils.checkpoint_io import CheckpointError, get_state_dict
+    ckpt = load_soma_checkpoint_file(soma_ckpt)
+    state_dict = get_state_dict(ckpt)
+    layers = {n: r for n, r in _adapted_layers(state_dict).items() if n.startswith(HF_PREFIX)}
+    if not layers:
+        raise CheckpointError(f'SoMA checkpoint: no {BACKBONE_PREFIX}{HF_PREFIX}...{LORA_A[1:]} '
+                              f'keys: not a SoMA checkpoint of an HFVisionBackbone')
+    soma_meta = ((ckpt.get('meta') or {}) if 'state_dict' in ckpt else {}).get(META_KEY) or {}
+    if not (soma_meta.get('lora_cfg') or soma_meta.get('config')):
+        raise CheckpointError(f"SoMA checkpoint: records no adapter config in meta"
+                              f"['{META_KEY}'] (needed for the scale of an HF backbone)")
+    missing = [n for n in layers if f'{n}.weight' not in pretrained]
+    if missing:
+        raise CheckpointError(f'SoMA checkpoint: adapts {missing[0]}, which the transformers '
+                              f'folder does not have (another model?)')
+    rebuild = {n: r for n, r in layers.items() if f'{BACKBONE_PREFIX}{n}.weight' not in state_dict}
+    if rebuild and checkpoint_semantics(ckpt) != SEMANTICS_RESIDUAL:
+        rebuild = {}  # 'release' semantics: the stored weight is the pretrained one
+    residual = _residual_weights(pretrained, rebuild, soma_meta, device)
+    weights, layer_sd = {}, {}
+    for name in layers:
+        key = f'{BACKBONE_PREFIX}{name}'
+        weight = state_dict.get(f'{key}.weight', residual.get(f'{name}.weight'))
+        if weight is None:
+            weight = pretrained[f'{name}.weight']
+        bias = state_dict.get(f'{key}.bias', pretrained.get(f'{name}.bias'))
+        weights[name] = (weight.float(), None if bias is None else bias.float())
+        layer_sd[f'{name}.weight'] = weight.float()
+        if bias is not None:
+            layer_sd[f'{name}.bias'] = bias.float()
+        for suffix in (LORA_A, LORA_B):
+            layer_sd[name + suffix] = state_dict[key + suffix].float()
+    soma_model = _soma_model(weights, _soma_config(soma_meta, layers), init=False)
+    _check_layer_sets(soma_model.adapted_layers(), layers, 'SoMA checkpoint')
+    soma_model.model.load_state_dict(layer_sd, strict=True)
+    plain = soma_model.merge_and_unload().state_dict()
+    return {name: plain[f'{name}.weight'] for name in layers}
+
+
 def analyze_spectrum(converted, soma_ckpt=None, r=16, out_dir='work_dirs/spectrum',
-                     target_modules=DEFAULT_TARGET_MODULES, progress=True, device='cpu'):
+                     target_modules=None, progress=True, device='cpu'):
     """Compute the spectra, write CSVs and PNGs to ``out_dir``; returns the output paths.
 
-    ``converted``: converted DINOv2 file (or state dict); ``soma_ckpt``: an adapter (or full)
-    SoMA checkpoint whose effective trained weights are analysed too, folded with the scale
-    :func:`soma.apis.checkpoint.fold_adapters` uses (the recorded adapter config; for a
-    released checkpoint without one, the release's ``lora_alpha = r``, see
-    :func:`soma.apis.checkpoint.release_adapter_config`).
+    ``converted``: converted DINOv2 file (or state dict), a transformers folder, or a config
+    with an HFVisionBackbone on one (see the module docstring); ``soma_ckpt``: an adapter (or
+    full) SoMA checkpoint whose effective trained weights are analysed too, folded with the
+    scale :func:`soma.apis.checkpoint.fold_adapters` uses (the recorded adapter config; for a
+    released DINOv2 checkpoint without one, the release's ``lora_alpha = r``, see
+    :func:`soma.apis.checkpoint.release_adapter_config`). ``target_modules``: default the
+    backbone's (DINOv2: ``q, k, v, proj, fc1, fc2``; HF: every linear of the family).
     """
     from soma.apis.checkpoint import (PLAIN_BACKBONE_PREFIX, _adapted_layers,
                                       _backbone_state_dict, fold_adapters, merge_soma_weights)
-    backbone = _backbone_state_dict(converted)
+    folder = None if isinstance(converted, dict) else _hf_folder_of(converted)
     trained = None
-    if soma_ckpt is not None:
-        merged = merge_soma_weights(backbone, soma_ckpt, device=device)
-        adapted = _adapted_layers(merged['state_dict'])
-        folded = fold_adapters(merged)['state_dict']
-        trained = {n: folded[f'{PLAIN_BACKBONE_PREFIX}{n}.weight'] for n in adapted}
-    rows, spectra = layer_spectra(backbone, r, target_modules, trained, progress)
+    if folder is not None:
+        backbone, family = hf_backbone_weights(folder)
+        layers_pattern = family.layers_pattern
+        target_modules = target_modules or list(family.target_modules)
+        if soma_ckpt is not None:
+            trained = _hf_trained_weights(backbone, soma_ckpt, device)
+    else:
+        backbone, layers_pattern = _backbone_state_dict(converted), 'blocks'
+        target_modules = target_modules or DEFAULT_TARGET_MODULES
+        if soma_ckpt is not None:
+            merged = merge_soma_weights(backbone, soma_ckpt, device=device)
+            adapted = _adapted_layers(merged['state_dict'])
+            folded = fold_adapters(merged)['state_dict']
+            trained = {n: folded[f'{PLAIN_BACKBONE_PREFIX}{n}.weight'] for n in adapted}
+    rows, spectra = layer_spectra(backbone, r, target_modules, trained, progress,
+                                  layers_pattern)
     blocks = block_rows(rows, spectra, r)
     os.makedirs(out_dir, exist_ok=True)
     paths = dict(layers_csv=osp.join(out_dir, 'spectrum_layers.csv'),

@@ -10,8 +10,9 @@ The checkpoint is read with ``soma.utils.checkpoint_io`` (weights-only; ``.pth``
 another architecture, resolution or adapter rank). ``--backbone``: an adapter/head-only
 checkpoint (a released ``soma_dinov2-L_*_best.pth`` or one extracted from this project) is
 merged with the converted backbone (its keys go under ``backbone.model.``) when loaded,
-respecting the adapter semantics it records. A detector checkpoint in the release's legacy
-Co-DETR key names (``soma_dinov2-L_dgod_best.pth``) is renamed on load
+respecting the adapter semantics it records; for an ``HFVisionBackbone`` the converted
+backbone is the transformers folder of the config (``model=<folder>``). A detector checkpoint
+in the release's legacy Co-DETR key names (``soma_dinov2-L_dgod_best.pth``) is renamed on load
 (:mod:`soma.apis.legacy_keys`). ``--show-dir``: coloured predictions (next to
 the ground truth) are written under ``DIR/vis_data/vis_image/`` (segmentation) or to
 ``DIR`` (detection). ``--out``: predicted label maps as PNG files in ``DIR`` (segmentation)
@@ -32,7 +33,8 @@ def parse_args(argv=None):
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file (full, or adapter+head with '
                                            '--backbone)')
-    parser.add_argument('--backbone', help='converted DINOv2 backbone merged into the checkpoint')
+    parser.add_argument('--backbone', help='converted DINOv2 backbone (HFVisionBackbone: its '
+                                           'transformers folder) merged into the checkpoint')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation '
                                                            '(tta_model/tta_pipeline of the config)')
     parser.add_argument('--out', help='segmentation: folder for predicted label PNGs; '

@@ -254,7 +254,10 @@ class SoMAMetaHook(Hook):
     """SoMA metadata of checkpoints, both ways.
 
     * ``before_save_checkpoint``: ``checkpoint['meta']['soma']`` = the backbone's
-      ``checkpoint_meta()`` (semantics and adapter config).
+      ``checkpoint_meta()`` (semantics and adapter config); for a backbone adapted by
+      ``peft`` (``peft_cfg``), ``checkpoint['meta']['peft']`` = its adapter's
+      ``checkpoint_meta()`` (the resolved peft config, start block, base-weight semantics,
+      trained keys), so the extract/merge/fold tools rebuild the adapter from the file alone.
     * ``after_load_checkpoint`` (``load_from`` / ``resume``, before the state dict goes into
       the model): when the checkpoint carries the adapted weights of the backbone (weight and
       ``lora_A`` of a layer), the backbone takes the checkpoint's semantics
@@ -269,7 +272,15 @@ class SoMAMetaHook(Hook):
 
     def before_save_checkpoint(self, runner, checkpoint):
         backbone = getattr(unwrap_model(runner.model), 'backbone', None)
-        if backbone is None or not _is_soma(backbone):
+        if backbone is None:
+            return
+        from soma.models.peft_backbone import peft_adapter_of
+        adapter = peft_adapter_of(backbone)
+        if adapter is not None:
+            from soma.peft.peft_adapters import PEFT_META_KEY
+            checkpoint.setdefault('meta', {})[PEFT_META_KEY] = adapter.checkpoint_meta()
+            return
+        if not _is_soma(backbone):
             return
         from soma.peft.config import META_KEY
         checkpoint.setdefault('meta', {})[META_KEY] = backbone.checkpoint_meta()

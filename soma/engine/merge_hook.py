@@ -1,4 +1,4 @@
-"""Validate and test with the SoMA adapters merged into the weights, training untouched.
+"""Validate and test with the adapters merged into the weights, training untouched.
 
 While merged, every ``SoMALinear`` computes ``x (W_res + s B A)^T + b``: one matmul instead
 of three (the merged/plain inference speed of ``tools/benchmark.py``). Unmerging by
@@ -7,6 +7,11 @@ make a run with validations drift from one without; so the hook keeps a copy of 
 residual weight and copies it back afterwards: training continues bit for bit as if no
 validation had merged anything. The copy costs the adapted layers' weight memory once
 (ViT-L, 96 layers: ~0.8 GB float32) for the duration of the loop.
+
+The layers of a ``peft`` adapter (``peft_cfg``: LoRA, DoRA, PiSSA, MiCA, ...; any peft tuner
+layer with ``merge()``) are merged the same way: peft's own ``merge()``, then the base
+layer's parameters (weight, and the bias ``lora_bias`` changes) copied back, the layer
+marked unmerged and the caches its merge added (DoRA's weight norm) dropped.
 """
 import torch
 from mmengine.hooks import Hook
@@ -19,21 +24,35 @@ from soma.registry import register_hook
 __all__ = ['MergeAdaptersHook']
 
 
+def _is_peft_layer(module):
+    """A layer of a ``peft`` adapter that wraps a base layer and can merge into it."""
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:
+        return False
+    return (isinstance(module, BaseTunerLayer) and hasattr(module, 'base_layer')
+            and hasattr(module, 'merge'))
+
+
 @register_hook
 class MergeAdaptersHook(Hook):
     """Merge the adapters for the validation / test loop, restore the exact weights after.
 
     ``custom_hooks = [dict(type='MergeAdaptersHook')]``. Layers already merged (e.g. with
-    ``merge_weights=True`` in eval mode) are left alone. ``VERY_HIGH`` priority: the weights
-    are restored in ``after_val_epoch`` before any other hook (e.g. the best-checkpoint save
-    of ``CheckpointHook``) sees them.
+    ``merge_weights=True`` in eval mode) are left alone.
+
+    Order with ``EMAHook`` (priority NORMAL), which copies the EMA weights into the model in
+    ``before_*_epoch`` and back in ``after_*_epoch``: this hook merges after that copy
+    (priority LOW, so the EMA weights are the ones merged) and restores after the loop's last
+    iteration, i.e. before the EMA weights are copied back and before any ``after_*_epoch``
+    hook (the best-checkpoint save of ``CheckpointHook``) sees the model.
 
     Args:
         on_val: merge during the validation loop.
         on_test: merge during the test loop.
     """
 
-    priority = 'VERY_HIGH'
+    priority = 'LOW'
 
     def __init__(self, on_val=True, on_test=True):
         self.on_val = bool(on_val)
@@ -41,14 +60,21 @@ class MergeAdaptersHook(Hook):
         self._saved = []
 
     def merge(self, model):
-        """Merge every unmerged ``SoMALinear`` of ``model``, keeping its weight; the count."""
+        """Merge every unmerged ``SoMALinear`` and peft tuner layer of ``model``, keeping the
+        weights they change; the count."""
         if self._saved:
             raise RuntimeError('MergeAdaptersHook: adapters are already merged (restore first)')
         layers = [m for m in unwrap_model(model).modules()
-                  if isinstance(m, SoMALinear) and not m.merged]
+                  if (isinstance(m, SoMALinear) or _is_peft_layer(m)) and not m.merged]
         with torch.no_grad():
             for layer in layers:
-                self._saved.append((layer, layer.weight.detach().clone()))
+                if isinstance(layer, SoMALinear):
+                    self._saved.append((layer, layer.weight.detach().clone()))
+                else:
+                    params = dict(layer.get_base_layer().named_parameters(recurse=False))
+                    saved = {n: p.detach().clone() for n, p in params.items()}
+                    caches = set(getattr(layer, '_caches', {}))
+                    self._saved.append((layer, (params, saved, caches)))
                 layer.merge()
         return len(layers)
 
@@ -56,27 +82,45 @@ class MergeAdaptersHook(Hook):
         """Put back the weights kept by :meth:`merge` (bit-exact) and mark them unmerged."""
         with torch.no_grad():
             for layer, weight in self._saved:
-                layer.weight.copy_(weight)
-                layer.merged = False
+                if isinstance(layer, SoMALinear):
+                    layer.weight.copy_(weight)
+                    layer.merged = False
+                    continue
+                params, saved, caches = weight
+                for name, param in params.items():
+                    param.copy_(saved[name])
+                layer.merged_adapters = []
+                for key in set(getattr(layer, '_caches', {})) - caches:
+                    layer._caches.pop(key)
         self._saved = []
 
-    def _before(self, runner, loop):
+    def _before(self, runner, loop, dataloader):
+        if len(dataloader) == 0:
+            return
         count = self.merge(runner.model)
-        print_log(f'MergeAdaptersHook: {count} SoMA layers merged for the {loop} loop',
+        print_log(f'MergeAdaptersHook: {count} adapted layers merged for the {loop} loop',
                   logger='current')
+
+    def _restore_after_last(self, dataloader, batch_idx):
+        if self._saved and batch_idx == len(dataloader) - 1:
+            self.restore()
 
     def before_val_epoch(self, runner):
         if self.on_val:
-            self._before(runner, 'val')
+            self._before(runner, 'val', runner.val_loop.dataloader)
+
+    def after_val_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self._restore_after_last(runner.val_loop.dataloader, batch_idx)
 
     def after_val_epoch(self, runner, metrics=None):
-        if self.on_val:
-            self.restore()
+        self.restore()  # a no-op unless the loop ended early
 
     def before_test_epoch(self, runner):
         if self.on_test:
-            self._before(runner, 'test')
+            self._before(runner, 'test', runner.test_loop.dataloader)
+
+    def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self._restore_after_last(runner.test_loop.dataloader, batch_idx)
 
     def after_test_epoch(self, runner, metrics=None):
-        if self.on_test:
-            self.restore()
+        self.restore()

@@ -19,7 +19,8 @@ from typing import List, Optional, Union
 __all__ = [
     'SoMAConfig', 'SoraConfig', 'DEFAULT_TARGET_MODULES', 'ALWAYS_FROZEN_KEYWORDS',
     'TRAINABLE_TOKEN_KEYWORDS', 'ADAPTER_KEYWORD', 'WRAPPED_MODEL_ATTR', 'META_KEY',
-    'SEMANTICS_RESIDUAL', 'SEMANTICS_RELEASE', 'RANK_RAMP_STARTS', 'parse_init'
+    'SEMANTICS_RESIDUAL', 'SEMANTICS_RELEASE', 'RANK_RAMP_STARTS', 'parse_init',
+    'is_random_init', 'RANDOM_SEED'
 ]
 
 # --- facts owned by this module (everyone else imports them from here) ---
@@ -42,17 +43,26 @@ RANK_RAMP_STARTS = (12, 16, 20)
 _TYPES = ('sora', 'soma')
 _BIAS_MODES = ('all', 'lora_only', 'none')
 _SVD_INIT_ON = ('pretrained', 'construction')
-_INIT_RE = re.compile(r'(?:sora|soma)(?:_niter_(\d+))?')
+_INIT_RE = re.compile(r'(?:sora|soma)(?:_niter_(\d+)|_(random))?')
+# seed of the random component choice of 'sora_random' / 'soma_random' (per layer)
+RANDOM_SEED = 0
 
 
 def parse_init(lora_weight_init: str) -> Optional[int]:
-    """``'sora'``/``'soma'`` -> None (exact); ``'sora_niter_<N>'``/``'soma_niter_<N>'`` -> N."""
+    """``'sora'``/``'soma'`` -> None (exact); ``'sora_niter_<N>'``/``'soma_niter_<N>'`` -> N;
+    ``'sora_random'``/``'soma_random'`` (random components, exact SVD) -> None."""
     match = _INIT_RE.fullmatch(str(lora_weight_init))
     if match is None:
         raise ValueError(
-            f"lora_weight_init must be 'sora', 'soma', 'sora_niter_<N>' or 'soma_niter_<N>', "
-            f'got {lora_weight_init!r}')
+            f"lora_weight_init must be 'sora', 'soma', 'sora_niter_<N>', 'soma_niter_<N>', "
+            f"'sora_random' or 'soma_random', got {lora_weight_init!r}")
     return None if match.group(1) is None else int(match.group(1))
+
+
+def is_random_init(lora_weight_init: str) -> bool:
+    """True for 'sora_random' / 'soma_random': r singular triplets at random indices."""
+    parse_init(lora_weight_init)
+    return str(lora_weight_init).endswith('_random')
 
 
 @dataclass
@@ -66,6 +76,7 @@ class SoMAConfig:
         lora_dropout: dropout on the adapter branch input.
         first_eigen: take the largest r singular triplets instead of the smallest.
         lora_weight_init: 'sora' (exact) or 'sora_niter_<N>' (randomised, N iterations);
+            'sora_random' (ablation: r singular triplets at random indices, seeded);
             'soma' spellings too.
         target_modules: names (module-name suffixes, dotted) or one regex (full match).
         start_lora_idx: first adapted block; earlier blocks stay entirely frozen.
@@ -115,7 +126,9 @@ class SoMAConfig:
         if not 0.0 <= float(self.lora_dropout) < 1.0:
             raise ValueError(
                 f'SoMAConfig.lora_dropout must be in [0, 1), got {self.lora_dropout!r}')
-        parse_init(self.lora_weight_init)
+        if is_random_init(self.lora_weight_init) and self.first_eigen:
+            raise ValueError(f'SoMAConfig: lora_weight_init={self.lora_weight_init!r} picks '
+                             f'random components; first_eigen=True contradicts it')
         if self.bias not in _BIAS_MODES:
             raise ValueError(f"SoMAConfig.bias must be one of {_BIAS_MODES}, got {self.bias!r}")
         if self.svd_init_on not in _SVD_INIT_ON:

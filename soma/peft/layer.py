@@ -25,10 +25,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import parse_init
-from .svd import _components64
+from .config import RANDOM_SEED, is_random_init, parse_init
+from .svd import _components64, random_components
 
 __all__ = ['SoMALinear']
+
+
+def adapter_dtype_for(weight_dtype: torch.dtype) -> torch.dtype:
+    """The adapters' dtype: float32 beside half-precision (bf16/fp16) frozen weights.
+
+    Trained low-rank factors in bfloat16 lose most small AdamW updates to rounding; kept in
+    float32 they train as in a float32 model while the frozen weight stays small (the
+    adapter branch casts its input to float32 and its output back).
+    """
+    return torch.float32 if weight_dtype in (torch.bfloat16, torch.float16) else weight_dtype
 
 
 class SoMALinear(nn.Linear):
@@ -40,7 +50,8 @@ class SoMALinear(nn.Linear):
         lora_alpha: scale numerator, ``s = lora_alpha / r``.
         lora_dropout: dropout probability on the adapter input.
         first_eigen: largest instead of smallest singular triplets.
-        lora_weight_init: 'sora' | 'soma' (exact) | 'sora_niter_<N>' | 'soma_niter_<N>'.
+        lora_weight_init: 'sora' | 'soma' (exact) | 'sora_niter_<N>' | 'soma_niter_<N>' |
+            'sora_random' | 'soma_random' (r triplets at random indices, seed ``RANDOM_SEED``).
         merge_weights: ``eval()`` merges, ``train()`` unmerges.
         svd_init_on: 'pretrained' | 'construction' (see the module docstring).
         name: the module name, used in error messages.
@@ -63,12 +74,14 @@ class SoMALinear(nn.Linear):
         self.first_eigen = first_eigen
         self.lora_weight_init = lora_weight_init
         self.niter = parse_init(lora_weight_init)
+        self.random_components = is_random_init(lora_weight_init)
         self.merge_weights = merge_weights
         self.svd_init_on = svd_init_on
         self.layer_name = name
         self.lora_dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
-        self.lora_A = nn.Linear(in_features, r, bias=False, device=device, dtype=dtype)
-        self.lora_B = nn.Linear(r, out_features, bias=False, device=device, dtype=dtype)
+        adapter_dtype = adapter_dtype_for(self.weight.dtype)
+        self.lora_A = nn.Linear(in_features, r, bias=False, device=device, dtype=adapter_dtype)
+        self.lora_B = nn.Linear(r, out_features, bias=False, device=device, dtype=adapter_dtype)
         nn.init.zeros_(self.lora_A.weight)  # no contribution until initialised
         nn.init.zeros_(self.lora_B.weight)
         self.weight.requires_grad = False
@@ -89,10 +102,11 @@ class SoMALinear(nn.Linear):
         new.weight.requires_grad = False
         if linear.bias is not None:
             new.bias = linear.bias
+        adapter_dtype = adapter_dtype_for(weight.dtype)
         new.lora_A = nn.Linear(linear.in_features, new.r, bias=False, device=weight.device,
-                               dtype=weight.dtype)
+                               dtype=adapter_dtype)
         new.lora_B = nn.Linear(new.r, linear.out_features, bias=False, device=weight.device,
-                               dtype=weight.dtype)
+                               dtype=adapter_dtype)
         if weight.device.type != 'meta':
             nn.init.zeros_(new.lora_A.weight)
             nn.init.zeros_(new.lora_B.weight)
@@ -117,13 +131,16 @@ class SoMALinear(nn.Linear):
         weight = self.weight
         if weight.device.type == 'meta':
             raise ValueError(f'{self._where()}: cannot initialise a weight on the meta device')
-        u, s, vh = _components64(weight, self.r, self.first_eigen, self.niter, generator)
+        if self.random_components:
+            u, s, vh = random_components(weight, self.r, RANDOM_SEED)
+        else:
+            u, s, vh = _components64(weight, self.r, self.first_eigen, self.niter, generator)
         root = torch.sqrt(s.clamp_min(0) / self.scaling)
-        lora_a = (root[:, None] * vh).to(weight.dtype)
-        lora_b = (u * root).to(weight.dtype)
+        lora_a = (root[:, None] * vh).to(self.lora_A.weight.dtype)
+        lora_b = (u * root).to(self.lora_B.weight.dtype)
         # W_res = W - s*B@A from the adapters as stored (one fused op, float32 or wider), so
         # W_res + s*B@A == W up to one rounding
-        if weight.dtype in (torch.float32, torch.float64):
+        if weight.dtype in (torch.float32, torch.float64) and lora_a.dtype == weight.dtype:
             weight.addmm_(lora_b, lora_a, alpha=-self.scaling)
         else:
             weight.copy_(torch.addmm(weight.float(), lora_b.float(), lora_a.float(),
@@ -181,8 +198,9 @@ class SoMALinear(nn.Linear):
         result = F.linear(x, self.weight, self.bias)
         if self.merged:
             return result
-        lora = F.linear(F.linear(self.lora_dropout(x), self.lora_A.weight), self.lora_B.weight)
-        return result + lora * self.scaling
+        a, b = self.lora_A.weight, self.lora_B.weight
+        lora = F.linear(F.linear(self.lora_dropout(x).to(a.dtype), a), b)
+        return result + (lora * self.scaling).to(result.dtype)
 
     # ------------------------------------------------------------------ state dict
     def _save_to_state_dict(self, destination, prefix, keep_vars):

@@ -29,7 +29,7 @@ from .config import (ADAPTER_KEYWORD, ALWAYS_FROZEN_KEYWORDS, SEMANTICS_RELEASE,
 from .layer import SoMALinear
 
 __all__ = ['SoMAModel', 'SoraModel', 'apply_soma', 'block_index', 'is_target_name',
-           'adapted_layers', 'init_pending_adapters']
+           'adapted_layers', 'init_pending_adapters', 'parameter_report']
 
 logger = logging.getLogger(__name__)
 
@@ -155,10 +155,38 @@ def init_pending_adapters(module: nn.Module, num_workers: int = 1) -> int:
         for _, layer in pending:
             layer.init_adapter()
     first = pending[0][1]
-    logger.info('SoMA: initialised %d layer(s) from the SVD of their weights (%s, %s) in %.1f s',
-                len(pending), first.lora_weight_init,
-                'principal' if first.first_eigen else 'minor', time.perf_counter() - start)
+    components = ('random' if first.random_components
+                  else 'principal' if first.first_eigen else 'minor')
+    logger.info('SoMA: initialised %d layer(s) from the SVD of their weights (%s, %s '
+                'components) in %.1f s', len(pending), first.lora_weight_init, components,
+                time.perf_counter() - start)
     return len(pending)
+
+
+def parameter_report(module: nn.Module, layers_pattern, title: str) -> dict:
+    """Trainable/total parameter counts per block and overall, and a printable table.
+
+    Returns ``dict(per_block={i: (trainable, total)}, non_block=(trainable, total),
+    trainable=int, total=int, table=str)``.
+    """
+    per_block, non_block = {}, [0, 0]
+    for name, param in module.named_parameters():
+        idx = block_index(name, layers_pattern)
+        slot = non_block if idx is None else per_block.setdefault(idx, [0, 0])
+        slot[1] += param.numel()
+        if param.requires_grad:
+            slot[0] += param.numel()
+    trainable = sum(t for t, _ in per_block.values()) + non_block[0]
+    total = sum(n for _, n in per_block.values()) + non_block[1]
+    lines = [title, f'{"block":>8} {"trainable":>12} {"total":>14}']
+    for idx in sorted(per_block):
+        lines.append(f'{idx:>8} {per_block[idx][0]:>12,} {per_block[idx][1]:>14,}')
+    lines.append(f'{"other":>8} {non_block[0]:>12,} {non_block[1]:>14,}')
+    share = 100.0 * trainable / total if total else 0.0
+    lines.append(f'{"total":>8} {trainable:>12,} {total:>14,}  ({share:.2f}% trainable)')
+    return dict(per_block={i: tuple(v) for i, v in sorted(per_block.items())},
+                non_block=tuple(non_block), trainable=trainable, total=total,
+                table='\n'.join(lines))
 
 
 class SoMAModel(nn.Module):
@@ -274,28 +302,10 @@ class SoMAModel(nn.Module):
         trainable=int, total=int, table=str)``.
         """
         config = self.peft_config
-        per_block, non_block = {}, [0, 0]
-        for name, param in self.model.named_parameters():
-            idx = block_index(name, config.layers_pattern)
-            slot = non_block if idx is None else per_block.setdefault(idx, [0, 0])
-            slot[1] += param.numel()
-            if param.requires_grad:
-                slot[0] += param.numel()
-        trainable = sum(t for t, _ in per_block.values()) + non_block[0]
-        total = sum(n for _, n in per_block.values()) + non_block[1]
-        layers = self.adapted_layers()
-        lines = [f'SoMA trainable parameters: {len(layers)} adapted layers, '
+        title = (f'SoMA trainable parameters: {len(self.adapted_layers())} adapted layers, '
                  f'r={config.r}, rank_ramp={config.rank_ramp}, '
-                 f'start_lora_idx={config.start_lora_idx}, bias={config.bias!r}',
-                 f'{"block":>8} {"trainable":>12} {"total":>14}']
-        for idx in sorted(per_block):
-            lines.append(f'{idx:>8} {per_block[idx][0]:>12,} {per_block[idx][1]:>14,}')
-        lines.append(f'{"other":>8} {non_block[0]:>12,} {non_block[1]:>14,}')
-        share = 100.0 * trainable / total if total else 0.0
-        lines.append(f'{"total":>8} {trainable:>12,} {total:>14,}  ({share:.2f}% trainable)')
-        return dict(per_block={i: tuple(v) for i, v in sorted(per_block.items())},
-                    non_block=tuple(non_block), trainable=trainable, total=total,
-                    table='\n'.join(lines))
+                 f'start_lora_idx={config.start_lora_idx}, bias={config.bias!r}')
+        return parameter_report(self.model, config.layers_pattern, title)
 
     def checkpoint_meta(self) -> dict:
         """To store under ``checkpoint['meta'][META_KEY]``: semantics and the adapter config."""

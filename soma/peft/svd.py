@@ -35,7 +35,7 @@ from typing import Optional, Tuple
 
 import torch
 
-__all__ = ['minor_components', 'exact_svd_components']
+__all__ = ['minor_components', 'exact_svd_components', 'random_components']
 
 _EPS64 = torch.finfo(torch.float64).eps
 # accept the Gram-matrix route when its estimated relative error on B@A is below this
@@ -68,6 +68,24 @@ def exact_svd_components(weight: torch.Tensor, r: int, first_eigen: bool = False
     sl = slice(0, r) if first_eigen else slice(s.shape[0] - r, s.shape[0])
     u_r, vh_r = _sign_fix(u[:, sl], vh[sl])
     return u_r, s[sl], vh_r
+
+
+def random_component_indices(k: int, r: int, seed: int = 0) -> torch.Tensor:
+    """r distinct indices of 0..k-1 (singular values in descending order), ascending; the
+    same for the same (k, r, seed) on every machine (CPU generator)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(k, generator=generator)[:r].sort().values
+
+
+def random_components(weight: torch.Tensor, r: int, seed: int = 0):
+    """(U_r, S_r, Vh_r), float64, of r singular triplets of ``weight`` at random indices
+    (:func:`random_component_indices`; exact float64 SVD), S descending: the ablation's
+    'random components' between the minor and the principal ones."""
+    _check(weight, r)
+    u, s, vh = torch.linalg.svd(weight.detach().to(torch.float64), full_matrices=False)
+    idx = random_component_indices(s.shape[0], r, seed).to(s.device)
+    u_r, vh_r = _sign_fix(u[:, idx], vh[idx])
+    return u_r, s[idx], vh_r
 
 
 def _ritz(w: torch.Tensor, basis: torch.Tensor, r: int, first_eigen: bool, right: bool):

@@ -12,19 +12,25 @@ from mmengine.registry import DefaultScope
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(REPO, 'configs', 'soma')
 DINOV2_L = 'soma_dinov2-L_mask2former.py'
-# config -> (model type, depth of the real model, adapted linears, width)
+V3_L = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'up_proj', 'down_proj']
+V3_7B = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']
+# config -> (model type, depth of the real model, adapted linears, width, the DINOv2 config
+# whose recipe it keeps)
 HF_CONFIGS = {
-    'soma_dinov3-L_mask2former.py': (
-        'dinov3_vit', 24, ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'up_proj', 'down_proj'],
-        1024),
+    'soma_dinov3-L_mask2former.py': ('dinov3_vit', 24, V3_L, 1024, DINOV2_L),
+    'soma_dinov3-L_mask2former_gsu2cbm.py': (
+        'dinov3_vit', 24, V3_L, 1024, 'soma_dinov2-L_mask2former_gsu2cbm.py'),
+    'soma_dinov3-L_mask2former_gsu2cbm_1024x1024.py': (
+        'dinov3_vit', 24, V3_L, 1024, 'soma_dinov2-L_mask2former_gsu2cbm_1024x1024.py'),
+    'soma_dinov3-7B_mask2former.py': ('dinov3_vit', 40, V3_7B, 4096, DINOV2_L),
     'soma_hf-dinov2-L_mask2former.py': (
-        'dinov2', 24, ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'fc1', 'fc2'], 1024),
+        'dinov2', 24, ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'fc1', 'fc2'], 1024, DINOV2_L),
     'soma_hf-dinov2reg-L_mask2former.py': (
         'dinov2_with_registers', 24, ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'fc1', 'fc2'],
-        1024),
+        1024, DINOV2_L),
     'soma_hf-siglip2-B_mask2former.py': (
         'siglip2_vision_model', 12, ['q_proj', 'k_proj', 'v_proj', 'out_proj', 'fc1', 'fc2'],
-        768),
+        768, DINOV2_L),
 }
 TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2)
 TINY_FIELDS = {
@@ -46,8 +52,8 @@ def test_every_hf_config_is_listed():
 
 @pytest.mark.parametrize('name', sorted(HF_CONFIGS))
 def test_recipe_is_dinov2_l_but_for_the_backbone(name):
-    _, depth, targets, width = HF_CONFIGS[name]
-    cfg, ref = load(name).to_dict(), load(DINOV2_L).to_dict()
+    _, depth, targets, width, reference = HF_CONFIGS[name]
+    cfg, ref = load(name).to_dict(), load(reference).to_dict()
     backbone = cfg['model'].pop('backbone')
     ref['model'].pop('backbone')
     ref['model']['decode_head']['in_channels'] = [width] * 4
@@ -62,9 +68,13 @@ def test_recipe_is_dinov2_l_but_for_the_backbone(name):
 
 
 def _tiny(name):
-    model_type, _, _, _ = HF_CONFIGS[name]
+    model_type, _, targets, _, _ = HF_CONFIGS[name]
     cfg = copy.deepcopy(load(name).model)
-    cfg.backbone.update(model=dict(model_type=model_type, **TINY, **TINY_FIELDS[model_type]),
+    fields = dict(TINY_FIELDS[model_type])
+    if 'gate_proj' in targets:  # DINOv3-7B: SwiGLU, no q/k/v biases (see supported.py)
+        fields.update(use_gated_mlp=True, hidden_act='silu', query_bias=False,
+                      value_bias=False)
+    cfg.backbone.update(model=dict(model_type=model_type, **TINY, **fields),
                         out_indices=[0, 1, 2, 3])
     cfg.backbone.lora_cfg.update(r=4, start_lora_idx=2)
     head = cfg.decode_head
@@ -95,7 +105,7 @@ def _batch(n):
 def test_builds_and_runs_with_a_tiny_model(name):
     import soma  # noqa: F401
     from mmseg.registry import MODELS
-    _, _, targets, _ = HF_CONFIGS[name]
+    _, _, targets, _, _ = HF_CONFIGS[name]
     torch.manual_seed(0)
     with DefaultScope.overwrite_default_scope('mmseg'):
         model = MODELS.build(_tiny(name))
@@ -110,9 +120,15 @@ def test_builds_and_runs_with_a_tiny_model(name):
     assert pred.shape == (1, 64, 64)
     adapted = {n.rsplit('.', 1)[-1] for n in model.backbone.adapted_layers()}
     assert adapted == set(targets)
-    if name.startswith('soma_dinov3'):
+    trainable = sum(p.numel() for p in model.backbone.parameters() if p.requires_grad)
+    d, i, r = 32, 64, 4
+    if name.startswith('soma_dinov3-L'):
         # r (in + out) per adapted linear, the target biases (no key bias), the mask token
-        d, i, r = 32, 64, 4
         per_block = r * (4 * 2 * d + 2 * (d + i)) + (3 * d + i + d)
-        trainable = sum(p.numel() for p in model.backbone.parameters() if p.requires_grad)
         assert trainable == 2 * per_block + d
+    if name.startswith('soma_dinov3-7B'):
+        # gate and up (d -> i), down (i -> d); biases of o, gate, up, down only
+        per_block = r * (4 * 2 * d + 3 * (d + i)) + (d + 2 * i + d)
+        assert trainable == 2 * per_block + d
+        hf = model.backbone.model.hf_model
+        assert hf.dtype == torch.bfloat16 and hf.is_activation_checkpointing

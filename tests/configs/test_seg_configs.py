@@ -299,8 +299,8 @@ def test_model_builds_and_runs(rel):
     trainable = [n for n, p in model.named_parameters()
                  if p.requires_grad and n.startswith('backbone.')]
     frozen_kinds = ('norm1', 'norm2', 'ls1', 'ls2', 'pos_embed', 'patch_embed')
-    if cfg.model.type == 'PEFTBackboneEncoderDecoder':
-        bb = tiny(cfg.model).backbone
+    if cfg.model.type == 'PEFTBackboneEncoderDecoder' and cfg.model.backbone.get('lora_cfg'):
+        bb = tiny(cfg.model).backbone  # SoMA (peft_cfg: tests/configs/test_peft_configs.py)
         start, depth, r, d = bb.lora_cfg.start_lora_idx, bb.depth, bb.lora_cfg.r, bb.embed_dim
         # keys of SPEC 4: adapters only in blocks >= start_lora_idx
         assert f'backbone.model.blocks.{start}.attn.q.lora_A.weight' in names
@@ -407,14 +407,16 @@ def test_soma_recipe(name):
     ckpt = cfg.default_hooks.checkpoint
     assert (ckpt.interval, ckpt.by_epoch) == (exp['val'], False)
     assert cfg.default_hooks.logger.interval == 50
-    # hooks: weight-decay logging, checkpoint meta, EMA
+    # hooks: weight-decay logging, checkpoint meta, merged validation, EMA
     hooks = {h['type']: h for h in cfg.custom_hooks}
     assert hooks['WeightDecayLoggingHook']['interval'] == 50 and 'SoMAMetaHook' in hooks
+    assert 'MergeAdaptersHook' in hooks
     if exp['ema'] is None:
         assert 'EMAHook' not in hooks
     else:
         assert hooks['EMAHook']['begin_iter'] == exp['ema']
-    assert set(hooks) <= {'WeightDecayLoggingHook', 'SoMAMetaHook', 'EMAHook'}
+    assert set(hooks) <= {'WeightDecayLoggingHook', 'SoMAMetaHook', 'MergeAdaptersHook',
+                          'EMAHook'}
     # data: batch, train datasets and pipelines, evaluation
     assert cfg.train_dataloader.batch_size == exp['batch']
     assert cfg.train_dataloader.sampler.type == 'InfiniteSampler'

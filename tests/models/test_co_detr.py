@@ -15,7 +15,8 @@ import soma  # noqa: F401  (registers everything)
 from soma.models.detectors.co_dino_head import MIN_POS_COORDS
 from soma.registry import DET_MODELS
 
-DEFAULT_SCOPE = 'mmdet'  # see tests/conftest.py
+DEFAULT_SCOPE = 'mmdet'
+ONE_THREAD = True  # see tests/conftest.py
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DGOD = osp.join(REPO, 'DGOD', 'configs')
@@ -66,17 +67,8 @@ def loss_of(model, batch):
     return model(**data, mode='loss')
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """Tiny ops gain nothing from threads; on a shared CPU the pool's waiting dominates."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope='module')
-def model(one_thread):
+def model():
     return build()
 
 

@@ -25,7 +25,8 @@ from mmengine.structures import InstanceData
 import soma  # noqa: F401  (registers everything)
 from soma.registry import DET_MODELS
 
-DEFAULT_SCOPE = 'mmdet'  # see tests/conftest.py
+DEFAULT_SCOPE = 'mmdet'
+ONE_THREAD = True  # see tests/conftest.py
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO = osp.join(REPO, 'DGOD', 'configs', 'demo', 'soma_tiny_codetr_demo.py')
@@ -35,16 +36,10 @@ EXACT = dict(rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------- set-up
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope='module')
-def model(one_thread):
+def model():
     """The demo's tiny Co-DETR (embed 64, 2+2 layers, 30 queries), no dropout, eval mode."""
     cfg = copy.deepcopy(Config.fromfile(DEMO).model)
     cfg.type = 'CoDETR'

@@ -167,3 +167,29 @@ def test_bad_input():
         SoMALinear.from_linear(lin, r=2, name='blocks.1.mlp.fc1')
     with pytest.raises(ValueError, match='lora_weight_init'):
         SoMALinear(8, 6, r=2, lora_weight_init='pissa')
+
+
+def test_half_precision_weights_get_float32_adapters_that_train():
+    """bf16 frozen weights (e.g. DINOv3-7B): the adapters are float32, the layer still
+    computes W x + b at init, and one AdamW step of lr 1e-4 moves every adapter entry by
+    lr (Adam's first step), which bfloat16 factors would round away."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48).to(torch.bfloat16)
+    w64, b64 = linear.weight.double(), linear.bias.double()
+    layer = SoMALinear.from_linear(linear, r=4, lora_alpha=4)
+    layer.init_adapter()
+    assert layer.weight.dtype == torch.bfloat16
+    assert layer.lora_A.weight.dtype == layer.lora_B.weight.dtype == torch.float32
+    x = torch.randn(5, 64).to(torch.bfloat16)
+    out = layer(x)
+    assert out.dtype == torch.bfloat16
+    ref = x.double() @ w64.T + b64
+    assert torch.allclose(out.double(), ref, rtol=0.02, atol=0.02)
+
+    before = layer.lora_A.weight.detach().clone()
+    opt = torch.optim.AdamW([layer.lora_A.weight, layer.lora_B.weight], lr=1e-4, weight_decay=0)
+    layer(x).float().sum().backward()
+    opt.step()
+    step = (layer.lora_A.weight.detach() - before).abs()
+    moved = step[layer.lora_A.weight.grad != 0]
+    assert moved.numel() > 0 and torch.allclose(moved, torch.full_like(moved, 1e-4), rtol=0.05)

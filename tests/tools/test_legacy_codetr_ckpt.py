@@ -28,6 +28,7 @@ sys.path.insert(0, osp.dirname(__file__))
 from _tool_runner import tool_main  # noqa: E402
 
 DEFAULT_SCOPE = 'mmdet'
+ONE_THREAD = True  # see tests/conftest.py
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO = osp.join(REPO, 'DGOD', 'configs', 'demo', 'soma_tiny_codetr_demo.py')
 IMG = 128  # the demo config's size
@@ -80,14 +81,6 @@ def _build(seed):
     model = DET_MODELS.build(cfg)
     model.init_weights()
     return model.eval()
-
-
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope='module')

@@ -31,6 +31,7 @@ custom_hooks = [
     dict(type='LegacyKeysHook'),  # release Co-DETR checkpoints as load_from / resume
     dict(type='WeightDecayLoggingHook', interval=50),
     dict(type='SoMAMetaHook'),
+    dict(type='MergeAdaptersHook'),  # validate/test merged; weights restored exactly
 ]
 # Not every head takes part in every step (e.g. the mask token, the denoising label
 # embedding without targets): DDP must be told.

@@ -246,6 +246,8 @@ class DinoVisionTransformer(BaseModule):
             keep PyTorch's default init at construction, see the module docstring).
         pad_to_patch: zero-pad H and W up to a multiple of ``patch_size`` (default False:
             the remainder is dropped, as in the release).
+        peft_cfg: a ``peft`` adapter config for the segmentor/detector instead of
+            ``lora_cfg`` (``soma.models.peft_backbone``); stored as ``self.peft_cfg``.
     """
 
     def __init__(self, arch=None, img_size=512, patch_size=16, in_chans=3, embed_dim=1024,
@@ -253,7 +255,7 @@ class DinoVisionTransformer(BaseModule):
                  proj_bias=True, drop_path_rate=0.0, drop_path_uniform=False, init_values=1e-5,
                  ffn_layer='mlp', block_chunks=0, out_indices=(7, 11, 15, 23),
                  interpolate_offset=0.1, with_cp=False, attn_impl='auto', init_cfg=None,
-                 lora_cfg=None, pad_to_patch=False):
+                 lora_cfg=None, pad_to_patch=False, peft_cfg=None):
         super().__init__(init_cfg=init_cfg)
         if arch is not None:
             if arch not in ARCH_SETTINGS:
@@ -286,6 +288,7 @@ class DinoVisionTransformer(BaseModule):
         self.with_cp = with_cp
         self.block_chunks = block_chunks
         self.lora_cfg = lora_cfg
+        self.peft_cfg = peft_cfg  # a `peft` adapter config instead (soma.peft.peft_adapters)
         if block_chunks:
             print_log(f'block_chunks={block_chunks}: blocks stay one flat list (blocks.<i>.*)',
                       logger='current', level=logging.DEBUG)

@@ -37,9 +37,11 @@ from mmengine.model import BaseModule
 
 from soma.registry import register_model
 
-__all__ = ['HFVisionBackbone', 'HF_FAMILIES', 'build_hf_vision_model']
+__all__ = ['HFVisionBackbone', 'HF_FAMILIES', 'HF_MODEL_PREFIX', 'build_hf_vision_model',
+           'hf_backbone_state_dict']
 
 PYRAMID_SCALES = (4, 2, 1, 0.5)
+HF_MODEL_PREFIX = 'hf_model.'  # HFVisionBackbone holds the transformers model as .hf_model
 
 
 class HFFamily(NamedTuple):
@@ -125,6 +127,13 @@ def build_hf_vision_model(model, dtype=None):
     return cls.from_pretrained(folder, dtype=dtype, **dict(family.config_overrides)), family
 
 
+def hf_backbone_state_dict(folder):
+    """The weights ``HFVisionBackbone(model=folder)`` starts from, keyed as in its state dict
+    (``hf_model.<transformers key>``, float32): the "converted backbone" of an HF backbone."""
+    model, _ = build_hf_vision_model(folder)
+    return {HF_MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
+
+
 @register_model
 class HFVisionBackbone(BaseModule):
     """A transformers ViT as a dense backbone (see the module docstring).
@@ -150,7 +159,7 @@ class HFVisionBackbone(BaseModule):
 
     def __init__(self, model, out_indices=(7, 11, 15, 23), lora_cfg=None,
                  gradient_checkpointing=False, pad_to_patch=False, dtype=None,
-                 init_cfg=None):
+                 init_cfg=None, peft_cfg=None):
         super().__init__(init_cfg=init_cfg)
         self.hf_model, family = build_hf_vision_model(model, dtype)
         # already initialised (from_pretrained / from_config); keeps mmengine's init_weights()
@@ -176,6 +185,7 @@ class HFVisionBackbone(BaseModule):
                              f'{self.depth})')
         self.out_indices = out_indices
         self.lora_cfg = self._complete_lora_cfg(lora_cfg)
+        self.peft_cfg = peft_cfg  # a `peft` adapter instead (soma.models.peft_backbone)
         self.gradient_checkpointing = gradient_checkpointing
         self.pad_to_patch = pad_to_patch
         if gradient_checkpointing:

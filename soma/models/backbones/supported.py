@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ['SUPPORTED_BACKBONES', 'SOMA_R16', 'soma_trainable_parameters',
+__all__ = ['SUPPORTED_BACKBONES', 'SOMA_R16', 'build_soma_backbone', 'soma_trainable_parameters',
            'supported_backbones_table']
 
 # SoMA as the configs set it (r = lora_alpha = 16, target biases train); the target modules,

@@ -1,0 +1,3 @@
+# Ablation (rank): r = lora_alpha = 4 (scale 1 as in SoMA; SoMA: 16).
+_base_ = ['../soma/soma_dinov2-L_mask2former.py']
+model = dict(backbone=dict(lora_cfg=dict(r=4, lora_alpha=4)))

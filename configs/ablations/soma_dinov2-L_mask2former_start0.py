@@ -1,0 +1,3 @@
+# Ablation (frozen blocks): adapters from block 0 on (no block frozen; SoMA: 8).
+_base_ = ['../soma/soma_dinov2-L_mask2former.py']
+model = dict(backbone=dict(lora_cfg=dict(start_lora_idx=0)))

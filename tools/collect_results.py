@@ -1,0 +1,37 @@
+"""Collect the results of training/test runs into one table and a bar chart.
+
+    python tools/collect_results.py work_dirs/soma_dinov2-L_mask2former \
+        work_dirs/lora_dinov2-L_mask2former [--out work_dirs/results]
+
+Reads each work dir's newest run (``<timestamp>/vis_data/scalars.json``, the dumped config
+and the log) and writes ``<out>.md``, ``<out>.csv`` and ``<out>.png`` (method, backbone,
+trainable parameters, per-target and mean mIoU or mAP, iterations, and the paper's numbers
+where published). See ``soma.apis.collect_results``. Nothing is written on a bad input.
+"""
+import argparse
+import sys
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Collect run results into one table')
+    parser.add_argument('work_dirs', nargs='+', help='mmengine work dirs of the runs')
+    parser.add_argument('--out', default='results',
+                        help='output path without extension (writes .md, .csv, .png)')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from soma.apis.collect_results import collect_results
+    try:
+        paths = collect_results(args.work_dirs, args.out)
+    except (ValueError, OSError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    for key in ('markdown', 'csv', 'png'):
+        print(paths[key])
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
