@@ -150,7 +150,7 @@ def is_adapter_key(key, target_modules=DEFAULT_TARGET_MODULES, adapted_blocks=No
     if not key.startswith(BACKBONE_PREFIX):
         return False
     rest = key[len(BACKBONE_PREFIX):]
-    if rest == MASK_TOKEN or rest.rpartition('.')[2] in TRAINABLE_TOKEN_KEYWORDS:
+    if rest.rpartition('.')[2] in TRAINABLE_TOKEN_KEYWORDS:
         return True  # DINOv2's mask_token; HF: embeddings.mask_token
     if not rest.endswith('.bias') or not _is_target(rest[:-5], target_modules, layers_pattern):
         return False

@@ -217,6 +217,13 @@ def adapters(folder, tmp_path_factory):
     return out
 
 
+def test_dgod_extract_keeps_the_same_hf_backbone_keys(adapters):
+    from soma.apis.checkpoint import extract_soma_dgod_weights
+    for path, full in adapters.values():
+        adapter = load_checkpoint_file(path)
+        assert set(extract_soma_dgod_weights(full)['state_dict']) == set(adapter['state_dict'])
+
+
 def _merge_fails(capsys, backbone, adapter, out):
     capsys.readouterr()  # drop what earlier calls printed
     rc = tool_main('merge_soma_weights.py', '--backbone_ckpt', backbone, '--soma_ckpt', adapter,
