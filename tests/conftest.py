@@ -13,6 +13,12 @@ os.environ.setdefault('MPLBACKEND', 'Agg')
 TINY_BACKBONE = dict(
     type='DinoVisionTransformer', img_size=64, patch_size=16, embed_dim=64, depth=4,
     num_heads=2, out_indices=[0, 1, 2, 3], init_cfg=None)
+# A small FCN head on its last map (import it: ``from conftest import TINY_FCN_HEAD``).
+TINY_FCN_HEAD = dict(type='FCNHead', in_channels=64, in_index=3, channels=16, num_convs=1,
+                     concat_input=False, dropout_ratio=0.0, num_classes=19,
+                     norm_cfg=dict(type='GN', num_groups=4), align_corners=False,
+                     loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False,
+                                      loss_weight=1.0))
 
 
 @pytest.fixture

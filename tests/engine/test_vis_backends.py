@@ -16,12 +16,10 @@ import soma  # noqa: F401
 from soma.apis import run_train
 from soma.apis.demo import demo_config
 from soma.datasets import make_synthetic_dg_benchmark
+from conftest import TINY_FCN_HEAD  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-FCN_HEAD = dict(type='FCNHead', in_channels=64, in_index=3, channels=16, num_convs=1,
-                concat_input=False, dropout_ratio=0.0, num_classes=19,
-                norm_cfg=dict(type='GN', num_groups=4), align_corners=False,
-                loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0))
+FCN_HEAD = TINY_FCN_HEAD
 
 
 def _default_vis_backends(runtime):

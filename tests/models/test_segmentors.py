@@ -12,12 +12,10 @@ import soma  # noqa: F401
 from soma.apis.demo import demo_config
 from soma.datasets import make_synthetic_dg_benchmark
 from soma.peft.config import ALWAYS_FROZEN_KEYWORDS
+from conftest import TINY_FCN_HEAD  # noqa: E402
 
 SIZE = 64
-FCN_HEAD = dict(type='FCNHead', in_channels=64, in_index=3, channels=16, num_convs=1,
-                concat_input=False, dropout_ratio=0.0, num_classes=19,
-                norm_cfg=dict(type='GN', num_groups=4), align_corners=False,
-                loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0))
+FCN_HEAD = TINY_FCN_HEAD
 
 
 @pytest.fixture(scope='module')

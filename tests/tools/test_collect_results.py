@@ -16,12 +16,10 @@ from soma.datasets import make_synthetic_dg_benchmark
 
 sys.path.insert(0, osp.dirname(__file__))
 from _tool_runner import tool_main  # noqa: E402
+from conftest import TINY_FCN_HEAD  # noqa: E402
 
 SIZE = 64
-FCN_HEAD = dict(type='FCNHead', in_channels=64, in_index=3, channels=16, num_convs=1,
-                concat_input=False, dropout_ratio=0.0, num_classes=19,
-                norm_cfg=dict(type='GN', num_groups=4), align_corners=False,
-                loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0))
+FCN_HEAD = TINY_FCN_HEAD
 LORA = dict(type='LoraConfig', r=2, lora_alpha=2, start_lora_idx=2,
             target_modules=['q', 'k', 'v', 'proj', 'fc1', 'fc2'])
 

@@ -26,13 +26,11 @@ from soma.apis.demo import demo_config
 from soma.datasets import make_synthetic_dg_benchmark
 from soma.datasets.synthetic_seg import CITYSCAPES_CLASSES
 from soma.utils.checkpoint_io import save_checkpoint_file
+from conftest import TINY_FCN_HEAD  # noqa: E402
 
 HW = (48, 64)
 RATIOS = (0.75, 1.0, 1.25)
-FCN_HEAD = dict(type='FCNHead', in_channels=64, in_index=3, channels=16, num_convs=1,
-                concat_input=False, dropout_ratio=0.0, num_classes=19,
-                norm_cfg=dict(type='GN', num_groups=4), align_corners=False,
-                loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0))
+FCN_HEAD = TINY_FCN_HEAD
 
 
 @pytest.fixture(scope='module')
@@ -43,12 +41,13 @@ def files(tmp_path_factory):
     make_synthetic_dg_benchmark(data_root, num_train=1, num_val=2, size=HW)
     cfg = demo_config(data_root, root / 'work', 1, val=True, image_size=HW[1])
     cfg.model.decode_head = copy.deepcopy(FCN_HEAD)
-    # inference_model reads cfg.test_pipeline, which demo_config leaves at the demo's 96 px
+    # inference_model reads cfg.test_pipeline: the same as the test loader's
     cfg.test_pipeline = copy.deepcopy(cfg.test_dataloader.dataset.datasets[0].pipeline)
     cfg.tta_pipeline[1]['transforms'][0] = [
         dict(type='Resize', scale_factor=r, keep_ratio=True) for r in RATIOS]
     config = str(root / 'cfg.py')
     cfg.dump(config)
+    torch.manual_seed(0)  # the same random model whatever ran before
     model = init_model(config)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # well separated logits, so that the label maps are stable
