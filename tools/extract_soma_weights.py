@@ -55,7 +55,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from soma.apis.checkpoint import extract_file, extract_peft_dir, load_soma_checkpoint_file
+    from soma.apis.checkpoint import extract_file, load_soma_checkpoint_file
+    from soma.apis.peft_export import extract_peft_dir
     try:
         final = load_soma_checkpoint_file(args.final_ckpt)
         if args.soma_ckpt:

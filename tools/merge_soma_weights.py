@@ -40,7 +40,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from soma.apis.checkpoint import merge_file, merge_peft_file
+    from soma.apis.checkpoint import merge_file
+    from soma.apis.peft_export import merge_peft_file
     try:
         if args.peft_dir:
             path = merge_peft_file(args.backbone_ckpt, args.soma_ckpt, args.peft_dir,

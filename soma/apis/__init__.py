@@ -8,7 +8,8 @@ Names load lazily (PEP 562): ``import soma.apis`` imports none of its submodules
 use of a name imports the submodule that defines it. Functions named like their submodule
 are exported under another name, so that ``soma.apis.train`` etc. stay the submodules:
 ``run_train`` / ``run_test`` (the entry points of ``tools/train.py`` / ``tools/test.py``, taking
-their argument list) and ``run_benchmark`` (``soma.apis.benchmark.benchmark``).
+their argument list), ``run_benchmark`` (``soma.apis.benchmark.benchmark``) and
+``run_collect_results`` (``soma.apis.collect_results.collect_results``).
 """
 import importlib
 
@@ -21,6 +22,9 @@ for _module, _names in {
                        'fold_adapters', 'generate_full_weights', 'extract_file', 'merge_file',
                        'load_soma_checkpoint', 'load_soma_checkpoint_file',
                        'check_checkpoint_for_model', 'checkpoint_semantics'),
+        'peft_export': ('extract_peft_dir', 'merge_soma_weights_with_peft'),
+        'collect_results': ('collect_rows', ),
+        'convert_dinov3': ('convert_dinov3_checkpoint', ),
         'convert_dinov2': ('convert_dinov2_checkpoint', 'convert_dinov2_state_dict',
                            'hf_dinov2_to_ours'),
         'spectrum': ('analyze_spectrum', 'layer_spectra', 'singular_values',
@@ -32,7 +36,8 @@ for _module, _names in {
     _EXPORTS.update({name: (_module, name) for name in _names})
 # functions named like their submodule get another name (the submodule keeps its own)
 _EXPORTS.update(run_train=('train', 'train'), run_test=('test', 'test'),
-                run_benchmark=('benchmark', 'benchmark'))
+                run_benchmark=('benchmark', 'benchmark'),
+                run_collect_results=('collect_results', 'collect_results'))
 del _module, _names
 
 __all__ = sorted(_EXPORTS)

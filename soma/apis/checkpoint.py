@@ -44,8 +44,7 @@ __all__ = [
     'extract_soma_weights', 'extract_soma_dgod_weights', 'merge_soma_weights',
     'fold_adapters', 'generate_full_weights', 'check_checkpoint_for_model',
     'prepare_checkpoint', 'load_soma_checkpoint', 'extract_file', 'merge_file',
-    'release_adapter_config', 'adapted_layers_in', 'soma_delta_model', 'extract_peft_dir',
-    'merge_soma_weights_with_peft', 'merge_peft_file'
+    'release_adapter_config', 'adapted_layers_in'
 ]
 
 BACKBONE_PREFIX = f'backbone.{WRAPPED_MODEL_ATTR}.'
@@ -786,116 +785,6 @@ def adapted_layers_in(ckpt, layers):
     return bool(lora), any(f'{BACKBONE_PREFIX}{n}.weight' in keys for n in lora)
 
 
-# --------------------------------------------------------------------------- peft
-def soma_delta_model(ckpt, backbone_ckpt, device='cpu', semantics=None):
-    """A checkpoint's trained adapters on the converted backbone, ready for a peft export.
-
-    Returns ``(soma_model, initial)``: a ``SoMAModel`` around the adapted layers of the
-    converted backbone (a skeleton of ``nn.Linear``), holding the checkpoint's ``lora_A``,
-    ``lora_B`` and target biases. For 'residual' semantics ``initial`` is ``{layer: (B0,
-    A0)}``, the SoMA initialisation of W_pretrained, recomputed here once with
-    ``soma.peft`` on ``device`` (the training device gives the training's values), and the
-    model's weights are W_res; for 'release' it is ``None`` and they are W_pretrained.
-    ``semantics`` overrides the recorded one. Feed both to
-    :func:`soma.peft.interop.save_peft_delta`. The EMA copy is not used.
-    """
-    ckpt = load_soma_checkpoint_file(ckpt)
-    state_dict = get_state_dict(ckpt)
-    _require_adapters(state_dict, 'checkpoint')
-    backbone = _backbone_state_dict(backbone_ckpt)
-    _check_adapter_fits(backbone, state_dict)
-    semantics = semantics or checkpoint_semantics(ckpt)
-    layers = _adapted_layers({k: v for k, v in state_dict.items()
-                              if not k.startswith(EMA_PREFIX)})
-    config = _soma_config(_output_meta(ckpt).get(META_KEY) or {}, layers)
-    weights = {n: (backbone[f'{n}.weight'].to(device, torch.float32),
-                   None if backbone.get(f'{n}.bias') is None
-                   else backbone[f'{n}.bias'].to(device, torch.float32)) for n in layers}
-    model = _soma_model(weights, config, init=semantics == SEMANTICS_RESIDUAL)
-    adapted = model.adapted_layers()
-    _check_layer_sets(adapted, layers, 'checkpoint')
-    initial = None
-    if semantics == SEMANTICS_RESIDUAL:
-        initial = {n: (m.lora_B.weight.detach().cpu().clone(),
-                       m.lora_A.weight.detach().cpu().clone()) for n, m in adapted.items()}
-    with torch.no_grad():
-        for name, layer in adapted.items():
-            key = BACKBONE_PREFIX + name
-            layer.lora_A.weight.copy_(state_dict[key + LORA_A])
-            layer.lora_B.weight.copy_(state_dict[key + LORA_B])
-            if layer.bias is not None and f'{key}.bias' in state_dict:
-                layer.bias.copy_(state_dict[f'{key}.bias'])
-            layer.lora_initialized = True
-    return model.to('cpu'), initial
-
-
-def extract_peft_dir(ckpt, backbone_ckpt, directory, device='cpu', semantics=None):
-    """Write a checkpoint's adapters as a peft LoRA folder over the converted backbone.
-
-    ``PeftModel.from_pretrained(<plain DINOv2 with the converted weights>, directory)`` then
-    computes what the SoMA model computes (:func:`soma_delta_model`,
-    :func:`soma.peft.interop.save_peft_delta`). Returns ``{file name: path}``.
-    """
-    from soma.peft.interop import save_peft_delta
-    model, initial = soma_delta_model(ckpt, backbone_ckpt, device, semantics)
-    return save_peft_delta(model, os.fspath(directory), initial)
-
-
-def _residual_weights_from_peft(backbone, adapter, peft_layers, config, device='cpu'):
-    """``{layer.weight: W_res}``: ``W_pre - s*B0@A0`` with ``B0, A0`` from the rank-2r peft
-    adapter of :func:`extract_peft_dir` (its second halves); no SVD."""
-    out = {}
-    for name, rank in _adapted_layers(adapter).items():
-        key = BACKBONE_PREFIX + name
-        if f'{key}.weight' in adapter:
-            continue
-        peft = peft_layers.get(name)
-        if peft is None or 'lora_A' not in peft or 'lora_B' not in peft:
-            raise CheckpointError(f'peft adapter: no lora_A/lora_B for {name}')
-        lora_a, lora_b = peft['lora_A'], peft['lora_B']
-        if lora_a.shape[0] != 2 * rank or lora_b.shape[1] != 2 * rank:
-            raise CheckpointError(
-                f'peft adapter: {name}.lora_A has rank {lora_a.shape[0]}, expected 2 x {rank} '
-                f"for a 'residual' adapter (write it with extract_soma_weights.py --peft-dir)")
-        if not (torch.equal(lora_a[:rank], adapter[key + LORA_A])
-                and torch.equal(lora_b[:, :rank], adapter[key + LORA_B])):
-            raise CheckpointError(f'peft adapter: {name} differs from {key}{LORA_A} of the '
-                                  f'adapter checkpoint; they come from different models')
-        a0 = lora_a[rank:].to(device, torch.float32).contiguous()
-        b0 = (-lora_b[:, rank:]).to(device, torch.float32).contiguous()
-        weight = backbone[f'{name}.weight'].to(device, torch.float32)
-        # the same op as SoMALinear.init_adapter: W_res = W - s*B0@A0
-        out[f'{key}.weight'] = weight.addmm(b0, a0, alpha=-(config.lora_alpha / rank)).cpu()
-    return out
-
-
-def merge_soma_weights_with_peft(backbone_ckpt, adapter_ckpt, peft_dir, device='cpu'):
-    """:func:`merge_soma_weights` without its SVD: W_res comes from the peft folder.
-
-    For a 'residual' adapter the SoMA initialisation ``B0, A0`` is read from the folder
-    written by :func:`extract_peft_dir` (rank 2r: ``[B | -B0]``, ``[A ; A0]``; its first
-    halves must equal the adapter's), so ``W_res = W_pre - s*B0@A0`` is one matmul. A
-    'release' adapter needs no rebuild (the folder is only checked to exist).
-    """
-    from soma.peft.interop import load_peft_adapter_weights
-    peft_layers = load_peft_adapter_weights(peft_dir)
-    adapter_ckpt = load_soma_checkpoint_file(adapter_ckpt)
-    if checkpoint_semantics(adapter_ckpt) != SEMANTICS_RESIDUAL:
-        return merge_soma_weights(backbone_ckpt, adapter_ckpt, device=device)
-    backbone = _backbone_state_dict(backbone_ckpt)
-    adapter = get_state_dict(adapter_ckpt)
-    _require_adapters(adapter, 'adapter checkpoint')
-    _check_adapter_fits(backbone, adapter)
-    config = _soma_config(_output_meta(adapter_ckpt).get(META_KEY) or {},
-                          _adapted_layers(adapter))
-    residual = _residual_weights_from_peft(backbone, adapter, peft_layers, config, device)
-    completed = dict(adapter_ckpt, state_dict=dict(adapter, **residual))
-    ema = adapter_ckpt.get(EMA_STATE_DICT)
-    if isinstance(ema, dict):
-        completed[EMA_STATE_DICT] = dict(ema, **{EMA_PREFIX + k: v for k, v in residual.items()})
-    return merge_soma_weights(backbone, completed, device=device)
-
-
 # --------------------------------------------------------------------------- CLI helpers
 def _save(ckpt, path, overwrite=True):
     if not overwrite and osp.exists(path):
@@ -915,8 +804,3 @@ def merge_file(backbone_ckpt, soma_ckpt, merged_ckpt, merge_adapters=False, devi
     return _save(generate_full_weights(backbone_ckpt, soma_ckpt, merge_adapters, device),
                  merged_ckpt)
 
-
-def merge_peft_file(backbone_ckpt, soma_ckpt, peft_dir, merged_ckpt, device='cpu'):
-    """:func:`merge_soma_weights_with_peft` from files, saved atomically."""
-    return _save(merge_soma_weights_with_peft(backbone_ckpt, soma_ckpt, peft_dir, device),
-                 merged_ckpt)
