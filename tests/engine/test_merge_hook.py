@@ -46,9 +46,12 @@ class _Probe(Hook):
     before_test_iter = before_val_iter
 
 
-def run(data_root, work_dir, merge, ema=False):
+def run(data_root, work_dir, merge, ema=False, peft_cfg=None, probe=None):
     cfg = demo_config(data_root, work_dir, 4, val=True, image_size=SIZE)
     cfg.model.decode_head = copy.deepcopy(FCN_HEAD)
+    if peft_cfg is not None:  # a peft adapter on the backbone instead of SoMA's
+        cfg.model.backbone.lora_cfg = None
+        cfg.model.backbone.peft_cfg = dict(peft_cfg)
     cfg.train_cfg.val_interval = 2  # validations after iterations 2 and 4
     cfg.default_hooks.logger.interval = 1
     cfg.default_hooks.checkpoint.interval = 100
@@ -57,7 +60,7 @@ def run(data_root, work_dir, merge, ema=False):
     if ema:  # EMAHook copies the EMA weights in around each validation
         cfg.custom_hooks.append(dict(type='EMAHook', momentum=0.3, begin_iter=0))
     cfg.randomness = dict(seed=0)
-    probe = _Probe()
+    probe = _Probe() if probe is None else probe
     runner = Runner.from_cfg(cfg)
     runner.register_hook(probe)
     runner.train()
@@ -145,23 +148,7 @@ PEFT_CFGS = {
 
 def run_peft(data_root, work_dir, merge, peft_cfg, ema=False):
     """:func:`run` with a peft adapter on the backbone instead of SoMA's."""
-    cfg = demo_config(data_root, work_dir, 4, val=True, image_size=SIZE)
-    cfg.model.decode_head = copy.deepcopy(FCN_HEAD)
-    cfg.model.backbone.lora_cfg = None
-    cfg.model.backbone.peft_cfg = dict(peft_cfg)
-    cfg.train_cfg.val_interval = 2
-    cfg.default_hooks.logger.interval = 1
-    cfg.default_hooks.checkpoint.interval = 100
-    cfg.default_hooks.checkpoint.pop('save_best', None)
-    cfg.custom_hooks = [dict(type='MergeAdaptersHook')] if merge else []
-    if ema:
-        cfg.custom_hooks.append(dict(type='EMAHook', momentum=0.3, begin_iter=0))
-    cfg.randomness = dict(seed=0)
-    probe = _PeftProbe()
-    runner = Runner.from_cfg(cfg)
-    runner.register_hook(probe)
-    runner.train()
-    return runner, probe
+    return run(data_root, work_dir, merge, ema=ema, peft_cfg=peft_cfg, probe=_PeftProbe())
 
 
 @pytest.mark.parametrize('method, ema', [('lora', False), ('dora', True), ('pissa', False)])
