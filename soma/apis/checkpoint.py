@@ -44,7 +44,7 @@ __all__ = [
     'extract_soma_weights', 'extract_soma_dgod_weights', 'merge_soma_weights',
     'fold_adapters', 'generate_full_weights', 'check_checkpoint_for_model',
     'prepare_checkpoint', 'load_soma_checkpoint', 'extract_file', 'merge_file',
-    'release_adapter_config', 'adapted_layers_in'
+    'release_adapter_config', 'adapted_layers_in', 'check_adapter_keys_fit', 'copied_meta'
 ]
 
 BACKBONE_PREFIX = f'backbone.{WRAPPED_MODEL_ATTR}.'
@@ -170,10 +170,16 @@ def _require_adapters(state_dict, name):
             f'SoMA model checkpoint (first keys: {_few(state_dict)})')
 
 
-def _output_meta(ckpt, semantics=None):
+def copied_meta(ckpt, adapter_key):
+    """A deep copy of the ``meta`` entries a derived checkpoint keeps: the adapter's
+    (``adapter_key``: ``'soma'`` or ``'peft'``) and ``dataset_meta``."""
     meta = ckpt.get('meta') if 'state_dict' in ckpt else None
     meta = meta if isinstance(meta, dict) else {}
-    out = {k: copy.deepcopy(meta[k]) for k in (META_KEY, 'dataset_meta') if k in meta}
+    return {k: copy.deepcopy(meta[k]) for k in (adapter_key, 'dataset_meta') if k in meta}
+
+
+def _output_meta(ckpt, semantics=None):
+    out = copied_meta(ckpt, META_KEY)
     if semantics is not None:
         if semantics not in (SEMANTICS_RELEASE, SEMANTICS_RESIDUAL):
             raise ValueError(f'semantics must be {SEMANTICS_RELEASE!r} or '
@@ -323,32 +329,56 @@ def _adapted_layers(adapter_sd):
     return layers
 
 
-def _check_adapter_fits(backbone, adapter_sd):
-    """One-line errors for adapter keys that cannot sit on this backbone."""
+def check_adapter_keys_fit(backbone, adapter_sd, prefix, adapter_part):
+    """One-line errors for the keys of ``adapter_sd`` (state dict or EMA copy) that cannot sit
+    on the converted ``backbone`` (plain keys): the shared check of SoMA and peft merges.
+
+    Keys under ``prefix`` (``module.`` EMA keys too) are checked; ``adapter_part(rest)`` of
+    the part after the prefix gives ``(layer, 'A' | 'B' | None)`` for an adapter key (the
+    layer must have a base weight; an ``A`` factor must match its input width, a ``B`` factor
+    its output width) and None for a plain key (same shape as the backbone's, if it has it).
+    """
     for key, value in adapter_sd.items():
+        plain = key[len(EMA_PREFIX):] if key.startswith(EMA_PREFIX) else key
+        if not plain.startswith(prefix) or not torch.is_tensor(value):
+            continue
+        rest = plain[len(prefix):]
+        part = adapter_part(rest)
+        if part is None:
+            if rest in backbone and value.shape != backbone[rest].shape:
+                raise CheckpointError(
+                    f'adapter key {key} has shape {tuple(value.shape)} but the backbone '
+                    f'checkpoint has {tuple(backbone[rest].shape)}; backbone and adapter do '
+                    f'not match')
+            continue
+        layer, factor = part
+        base = backbone.get(f'{layer}.weight')
+        if base is None:
+            raise CheckpointError(
+                f'adapter key {key} has no base weight {layer}.weight in the backbone '
+                f'checkpoint (an adapter for another architecture?)')
+        dim = {'A': 1, 'B': 0}.get(factor)
+        if dim is not None and (value.ndim != 2 or value.shape[dim] != base.shape[dim]):
+            raise CheckpointError(
+                f'adapter key {key} has shape {tuple(value.shape)}, which does not fit '
+                f'{layer}.weight of shape {tuple(base.shape)} in the backbone checkpoint')
+
+
+def _soma_adapter_part(rest):
+    for suffix, factor in ((LORA_A, 'A'), (LORA_B, 'B')):
+        if rest.endswith(suffix):
+            return rest[:-len(suffix)], factor
+    return None
+
+
+def _check_adapter_fits(backbone, adapter_sd):
+    """One-line errors for SoMA adapter keys that cannot sit on this backbone."""
+    for key in adapter_sd:
         plain = key[len(EMA_PREFIX):] if key.startswith(EMA_PREFIX) else key
         if plain.startswith(PLAIN_BACKBONE_PREFIX) and not plain.startswith(BACKBONE_PREFIX):
             raise CheckpointError(
                 f'adapter key {key} is not under {BACKBONE_PREFIX!r}; not a SoMA checkpoint')
-        if not plain.startswith(BACKBONE_PREFIX):
-            continue
-        rest = plain[len(BACKBONE_PREFIX):]
-        if rest.endswith(LORA_A) or rest.endswith(LORA_B):
-            layer = rest[:-len(LORA_A)]
-            base = backbone.get(f'{layer}.weight')
-            if base is None:
-                raise CheckpointError(
-                    f'adapter key {key} has no base weight {layer}.weight in the backbone '
-                    f'checkpoint (an adapter for another architecture?)')
-            dim = 1 if rest.endswith(LORA_A) else 0
-            if value.ndim != 2 or value.shape[dim] != base.shape[dim]:
-                raise CheckpointError(
-                    f'adapter key {key} has shape {tuple(value.shape)}, which does not fit '
-                    f'{layer}.weight of shape {tuple(base.shape)} in the backbone checkpoint')
-        elif rest in backbone and value.shape != backbone[rest].shape:
-            raise CheckpointError(
-                f'adapter key {key} has shape {tuple(value.shape)} but the backbone checkpoint '
-                f'has {tuple(backbone[rest].shape)}; backbone and adapter do not match')
+    check_adapter_keys_fit(backbone, adapter_sd, BACKBONE_PREFIX, _soma_adapter_part)
 
 
 def _skeleton(weights):

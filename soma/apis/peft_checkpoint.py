@@ -19,7 +19,6 @@ adapted block, the base-weight semantics and the trained keys.
 * fold: peft's ``merge_and_unload`` on the adapted layers: a plain backbone checkpoint
   (``backbone.<key>`` + heads) for a config without ``peft_cfg``.
 """
-import copy
 import re
 
 import torch
@@ -98,9 +97,8 @@ def _require_peft_adapters(state_dict, meta, name):
 
 
 def _output_meta(ckpt, **extra):
-    meta = ckpt.get('meta') if 'state_dict' in ckpt else None
-    meta = meta if isinstance(meta, dict) else {}
-    out = {k: copy.deepcopy(meta[k]) for k in (_meta_key(), 'dataset_meta') if k in meta}
+    from soma.apis.checkpoint import copied_meta
+    out = copied_meta(ckpt, _meta_key())
     out[_meta_key()].update(extra)
     return out
 
@@ -140,30 +138,16 @@ def extract_peft_weights(full_ckpt, keep_ema=True):
 # --------------------------------------------------------------------------- merge
 def _check_fits(backbone, adapter_sd, prefix):
     """One-line errors for adapter keys that cannot sit on the converted backbone."""
-    for key, value in adapter_sd.items():
-        plain = key[len(EMA_PREFIX):] if key.startswith(EMA_PREFIX) else key
-        if not plain.startswith(PREFIX) or not torch.is_tensor(value):
-            continue
-        rest = plain[len(PREFIX):]
+    from soma.apis.checkpoint import check_adapter_keys_fit
+
+    def adapter_part(rest):
         layer = _adapter_layer(rest, prefix)
         if layer is None:
-            if rest in backbone and value.shape != backbone[rest].shape:
-                raise CheckpointError(
-                    f'adapter key {key} has shape {tuple(value.shape)} but the backbone '
-                    f'checkpoint has {tuple(backbone[rest].shape)}; backbone and adapter do '
-                    f'not match')
-            continue
-        base = backbone.get(f'{layer}.weight')
-        if base is None:
-            raise CheckpointError(
-                f'adapter key {key} has no base weight {layer}.weight in the backbone '
-                f'checkpoint (an adapter for another architecture?)')
+            return None
         part = rest[len(layer) + 1:].split('.')[0]
-        dim = {f'{prefix}A': 1, f'{prefix}B': 0}.get(part)
-        if dim is not None and (value.ndim != 2 or value.shape[dim] != base.shape[dim]):
-            raise CheckpointError(
-                f'adapter key {key} has shape {tuple(value.shape)}, which does not fit '
-                f'{layer}.weight of shape {tuple(base.shape)} in the backbone checkpoint')
+        return layer, {f'{prefix}A': 'A', f'{prefix}B': 'B'}.get(part)
+
+    check_adapter_keys_fit(backbone, adapter_sd, PREFIX, adapter_part)
 
 
 def _peft_skeleton(weights, peft_cfg, device='cpu'):

@@ -44,9 +44,6 @@ def peft_adapter_of(backbone):
     return backbone.__dict__.get('peft_adapter') if isinstance(backbone, nn.Module) else None
 
 
-_peft_adapter = peft_adapter_of
-
-
 def wrap_backbone_with_soma(backbone: nn.Module):
     """Put the adapter of the backbone's ``lora_cfg`` or ``peft_cfg`` on it; return the module
     that replaces the backbone (a ``SoMAModel``, or the backbone itself for peft).
@@ -88,7 +85,7 @@ def init_soma_after_weights(soma_model, logger=None) -> None:
     """
     from soma.peft import SoMAModel
     logger = logger or MMLogger.get_current_instance()
-    adapter = _peft_adapter(soma_model)
+    adapter = peft_adapter_of(soma_model)
     if adapter is None and not isinstance(soma_model, SoMAModel):
         return  # no adapter (e.g. already merged): nothing pending
     inner = soma_model if adapter is not None else soma_model.model
@@ -114,7 +111,7 @@ def refreeze_soma(soma_model) -> None:
     inference) has no such rules and is left as it is.
     """
     from soma.peft import SoMAModel
-    adapter = _peft_adapter(soma_model)
+    adapter = peft_adapter_of(soma_model)
     if adapter is not None:
         adapter.freeze(soma_model)
     elif isinstance(soma_model, SoMAModel):
@@ -123,7 +120,7 @@ def refreeze_soma(soma_model) -> None:
 
 def trainable_parameter_report(backbone) -> dict:
     """Trainable/total parameter counts per block and overall, plus a printable ``table``."""
-    adapter = _peft_adapter(backbone)
+    adapter = peft_adapter_of(backbone)
     if adapter is not None:
         return adapter.trainable_parameter_report(backbone)
     if hasattr(backbone, 'trainable_parameter_report'):
@@ -135,7 +132,7 @@ def trainable_parameter_report(backbone) -> dict:
 def merge_and_unload_backbone(backbone) -> nn.Module:
     """The backbone with its adapters folded into plain layers (SoMA's or peft's own
     ``merge_and_unload``); a backbone without adapters is returned as it is."""
-    adapter = _peft_adapter(backbone)
+    adapter = peft_adapter_of(backbone)
     if adapter is not None:
         return adapter.merge_and_unload()
     if hasattr(backbone, 'merge_and_unload'):
