@@ -38,6 +38,8 @@ from torch.utils.checkpoint import checkpoint
 
 from soma.registry import register_model
 
+from .pyramid import PYRAMID_SCALES, feature_pyramid, patch_tokens_to_map
+
 __all__ = ['DinoVisionTransformer', 'ARCH_SETTINGS']
 
 # DINOv2's vit_small / vit_base / vit_large / vit_giant2
@@ -50,7 +52,6 @@ ARCH_SETTINGS = {
 }
 FFN_LAYERS = ('mlp', 'swiglu', 'swiglufused', 'identity')
 ATTN_IMPLS = ('auto', 'sdpa', 'naive', 'xformers')
-PYRAMID_SCALES = (4, 2, 1, 0.5)
 
 
 @functools.lru_cache(maxsize=None)
@@ -372,7 +373,7 @@ class DinoVisionTransformer(BaseModule):
         return blk(x)
 
     def _to_map(self, x, h, w):
-        return x[:, self.num_tokens:].transpose(1, 2).reshape(x.shape[0], -1, h, w).contiguous()
+        return patch_tokens_to_map(x[:, self.num_tokens:], h, w)
 
     # ---------------------------------------------------------------- outputs
     def forward_features(self, x, masks=None):
@@ -425,10 +426,7 @@ class DinoVisionTransformer(BaseModule):
             x = self._run_block(blk, x)
             if i in self.out_indices:
                 maps[i] = self._to_map(x, h, w)
-        return tuple(
-            maps[i] if s == 1 else F.interpolate(maps[i], scale_factor=s, mode='bilinear',
-                                                 align_corners=False)
-            for i, s in zip(self.out_indices, PYRAMID_SCALES))
+        return feature_pyramid([maps[i] for i in self.out_indices])
 
     def extra_repr(self):
         return (f'arch={self.arch}, patch_size={self.patch_size}, patch_grid={self.patch_grid}, '

@@ -37,10 +37,11 @@ from mmengine.model import BaseModule
 
 from soma.registry import register_model
 
+from .pyramid import PYRAMID_SCALES, feature_pyramid, patch_tokens_to_map
+
 __all__ = ['HFVisionBackbone', 'HF_FAMILIES', 'HF_MODEL_PREFIX', 'build_hf_vision_model',
            'hf_backbone_state_dict']
 
-PYRAMID_SCALES = (4, 2, 1, 0.5)
 HF_MODEL_PREFIX = 'hf_model.'  # HFVisionBackbone holds the transformers model as .hf_model
 
 
@@ -227,16 +228,9 @@ class HFVisionBackbone(BaseModule):
         h, w = H // p, W // p
         in_dtype = x.dtype
         hidden_states = self._hidden_states(x.to(self.hf_model.dtype))
-        outs = []
-        for i, scale in zip(self.out_indices, PYRAMID_SCALES):
-            tokens = hidden_states[i + 1][:, self.num_prefix_tokens:]
-            fmap = tokens.transpose(1, 2).reshape(x.shape[0], -1, h, w).to(in_dtype)
-            fmap = fmap.contiguous()
-            if scale != 1:
-                fmap = F.interpolate(fmap, scale_factor=scale, mode='bilinear',
-                                     align_corners=False)
-            outs.append(fmap)
-        return tuple(outs)
+        return feature_pyramid([
+            patch_tokens_to_map(hidden_states[i + 1][:, self.num_prefix_tokens:], h, w)
+            .to(in_dtype) for i in self.out_indices])
 
     def extra_repr(self):
         return (f'model_type={self.model_type}, patch_size={self.patch_size}, '
