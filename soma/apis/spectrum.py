@@ -27,9 +27,7 @@ import torch
 from soma.peft.config import DEFAULT_TARGET_MODULES
 from soma.utils.checkpoint_io import atomic_output
 
-__all__ = ['singular_values', 'minor_energy_share', 'layer_spectra', 'hf_backbone_weights',
-           'analyze_spectrum']
-HF_PREFIX = 'hf_model.'  # HFVisionBackbone's transformers model
+__all__ = ['singular_values', 'minor_energy_share', 'layer_spectra', 'analyze_spectrum']
 
 LAYER_FIELDS = ['layer', 'block', 'module', 'out_features', 'in_features', 'r',
                 'energy_minor_r', 'energy_top_r', 'trained_energy_minor_r', 'rel_change']
@@ -205,14 +203,6 @@ def _hf_folder_of(source):
     return folder
 
 
-def hf_backbone_weights(folder):
-    """``(state dict with hf_model.* keys, family)`` of a transformers folder, float32, as
-    :class:`~soma.models.backbones.HFVisionBackbone` loads it."""
-    from soma.models.backbones.hf_vision import build_hf_vision_model
-    model, family = build_hf_vision_model(folder)
-    return {HF_PREFIX + k: v for k, v in model.state_dict().items()}, family
-
-
 def _hf_trained_weights(pretrained, soma_ckpt, device='cpu'):
     """``{layer: W_res + s * B @ A}`` of an HFVisionBackbone SoMA checkpoint, full (with the
     residual weights) or adapter-only (``W_res`` rebuilt by the SoMA initialisation on the
@@ -221,14 +211,16 @@ def _hf_trained_weights(pretrained, soma_ckpt, device='cpu'):
                                       _check_layer_sets, _residual_weights, _soma_config,
                                       _soma_model, checkpoint_semantics,
                                       load_soma_checkpoint_file)
+    from soma.models.backbones.hf_vision import HF_MODEL_PREFIX
     from soma.peft.config import META_KEY, SEMANTICS_RESIDUAL
     from soma.utils.checkpoint_io import CheckpointError, get_state_dict
     ckpt = load_soma_checkpoint_file(soma_ckpt)
     state_dict = get_state_dict(ckpt)
-    layers = {n: r for n, r in _adapted_layers(state_dict).items() if n.startswith(HF_PREFIX)}
+    layers = {n: r for n, r in _adapted_layers(state_dict).items()
+              if n.startswith(HF_MODEL_PREFIX)}
     if not layers:
-        raise CheckpointError(f'SoMA checkpoint: no {BACKBONE_PREFIX}{HF_PREFIX}...{LORA_A[1:]} '
-                              f'keys: not a SoMA checkpoint of an HFVisionBackbone')
+        raise CheckpointError(f'SoMA checkpoint: no {BACKBONE_PREFIX}{HF_MODEL_PREFIX}...'
+                              f'{LORA_A[1:]} keys: not a SoMA checkpoint of an HFVisionBackbone')
     soma_meta = ((ckpt.get('meta') or {}) if 'state_dict' in ckpt else {}).get(META_KEY) or {}
     if not (soma_meta.get('lora_cfg') or soma_meta.get('config')):
         raise CheckpointError(f"SoMA checkpoint: records no adapter config in meta"
@@ -278,6 +270,7 @@ def analyze_spectrum(converted, soma_ckpt=None, r=16, out_dir='work_dirs/spectru
     folder = None if isinstance(converted, dict) else _hf_folder_of(converted)
     trained = None
     if folder is not None:
+        from soma.models.backbones.hf_vision import hf_backbone_weights
         backbone, family = hf_backbone_weights(folder)
         layers_pattern = family.layers_pattern
         target_modules = target_modules or list(family.target_modules)

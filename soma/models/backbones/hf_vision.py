@@ -40,7 +40,7 @@ from soma.registry import register_model
 from .pyramid import PYRAMID_SCALES, feature_pyramid, patch_tokens_to_map
 
 __all__ = ['HFVisionBackbone', 'HF_FAMILIES', 'HF_MODEL_PREFIX', 'build_hf_vision_model',
-           'hf_backbone_state_dict']
+           'hf_backbone_weights', 'hf_backbone_state_dict']
 
 HF_MODEL_PREFIX = 'hf_model.'  # HFVisionBackbone holds the transformers model as .hf_model
 
@@ -128,11 +128,16 @@ def build_hf_vision_model(model, dtype=None):
     return cls.from_pretrained(folder, dtype=dtype, **dict(family.config_overrides)), family
 
 
+def hf_backbone_weights(folder):
+    """``(state dict, family)``: the weights ``HFVisionBackbone(model=folder)`` starts from,
+    keyed as in its state dict (``hf_model.<transformers key>``, float32)."""
+    model, family = build_hf_vision_model(folder)
+    return {HF_MODEL_PREFIX + k: v for k, v in model.state_dict().items()}, family
+
+
 def hf_backbone_state_dict(folder):
-    """The weights ``HFVisionBackbone(model=folder)`` starts from, keyed as in its state dict
-    (``hf_model.<transformers key>``, float32): the "converted backbone" of an HF backbone."""
-    model, _ = build_hf_vision_model(folder)
-    return {HF_MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
+    """The "converted backbone" of an HF backbone: :func:`hf_backbone_weights` of its folder."""
+    return hf_backbone_weights(folder)[0]
 
 
 @register_model
