@@ -133,16 +133,23 @@ def _save_lora_config(lora_config, path: str) -> None:
         os.replace(osp.join(tmp, ADAPTER_CONFIG_NAME), path)
 
 
+def _write_peft_folder(directory: str, lora_config, tensor_files: Dict[str, dict]
+                       ) -> Dict[str, str]:
+    """``adapter_config.json`` plus one safetensors file per ``{file name: tensors}`` in
+    ``directory`` (each written atomically); ``{file name: path}``."""
+    os.makedirs(directory, exist_ok=True)
+    paths = {name: osp.join(directory, name) for name in (ADAPTER_CONFIG_NAME, *tensor_files)}
+    for name, tensors in tensor_files.items():
+        _save_tensors(tensors, paths[name])
+    _save_lora_config(lora_config, paths[ADAPTER_CONFIG_NAME])
+    return paths
+
+
 def save_peft_adapter(soma_model: SoMAModel, directory: str) -> Dict[str, str]:
     """Write the peft adapter folder (config, adapter weights, residual base); return paths."""
     lora_config, adapter, base = export_peft_adapter(soma_model)
-    os.makedirs(directory, exist_ok=True)
-    paths = {name: osp.join(directory, name)
-             for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, RESIDUAL_BASE_NAME)}
-    _save_tensors(adapter, paths[ADAPTER_WEIGHTS_NAME])
-    _save_tensors(base, paths[RESIDUAL_BASE_NAME])
-    _save_lora_config(lora_config, paths[ADAPTER_CONFIG_NAME])
-    return paths
+    return _write_peft_folder(directory, lora_config, {ADAPTER_WEIGHTS_NAME: adapter,
+                                                       RESIDUAL_BASE_NAME: base})
 
 
 def export_peft_delta(soma_model: SoMAModel,
@@ -192,12 +199,7 @@ def save_peft_delta(soma_model: SoMAModel, directory: str,
                     ) -> Dict[str, str]:
     """Write :func:`export_peft_delta` as a peft folder (config + adapter); return paths."""
     lora_config, adapter = export_peft_delta(soma_model, initial)
-    os.makedirs(directory, exist_ok=True)
-    paths = {name: osp.join(directory, name) for name in (ADAPTER_CONFIG_NAME,
-                                                          ADAPTER_WEIGHTS_NAME)}
-    _save_tensors(adapter, paths[ADAPTER_WEIGHTS_NAME])
-    _save_lora_config(lora_config, paths[ADAPTER_CONFIG_NAME])
-    return paths
+    return _write_peft_folder(directory, lora_config, {ADAPTER_WEIGHTS_NAME: adapter})
 
 
 def load_peft_adapter_weights(directory: str) -> Dict[str, Dict[str, torch.Tensor]]:
