@@ -133,7 +133,7 @@ def run(args):
 def main(argv=None):
     args = parse_args(argv)
     result = run(args)
-    from soma.utils.checkpoint_io import atomic_output
+    from soma.utils.atomic import atomic_output
     with atomic_output(args.out) as tmp:
         with open(tmp, 'w') as f:
             json.dump(result, f, indent=1)

@@ -94,7 +94,7 @@ def compare_slide(model, height, width, slide_batch_size, seed=0):
 
 def main(argv=None):
     args = parse_args(argv)
-    from soma.utils.checkpoint_io import atomic_output
+    from soma.utils.atomic import atomic_output
     t = time.perf_counter()
     model = build_model(args.config, args.device)
     print(f'[bench] built {args.config} in {time.perf_counter() - t:.0f} s', flush=True)

@@ -451,7 +451,7 @@ def render_table(result):
 
 def write_docs(path, table):
     """Replace the marked gpu-suite section of ``path`` (append it when absent)."""
-    from soma.utils.checkpoint_io import atomic_output
+    from soma.utils.atomic import atomic_output
     text = open(path).read() if osp.isfile(path) else '# Benchmarks\n'
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
@@ -490,7 +490,7 @@ def run(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    from soma.utils.checkpoint_io import atomic_output
+    from soma.utils.atomic import atomic_output
     result = run(args)
     with atomic_output(args.out) as tmp:
         with open(tmp, 'w') as f:

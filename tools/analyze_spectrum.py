@@ -18,6 +18,9 @@ r, and with --soma_ckpt the trained weight's share and relative change),
 import argparse
 import sys
 
+from soma.apis.spectrum import analyze_spectrum
+from soma.utils.cli import run_cli
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Spectrum analysis of a backbone\'s layers')
@@ -31,19 +34,15 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    from soma.apis.spectrum import analyze_spectrum
-    try:
-        paths = analyze_spectrum(args.converted, args.soma_ckpt, r=args.r, out_dir=args.out_dir,
-                                 target_modules=args.target_modules)
-    except (ValueError, OSError, RuntimeError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+def run(args):
+    paths = analyze_spectrum(args.converted, args.soma_ckpt, r=args.r, out_dir=args.out_dir,
+                             target_modules=args.target_modules)
     for path in paths.values():
         print(path)
-    return 0
 
+
+def main(argv=None):
+    return run_cli(run, parse_args(argv))
 
 if __name__ == '__main__':
     sys.exit(main())

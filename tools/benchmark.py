@@ -16,9 +16,13 @@ import argparse
 import json
 import sys
 
+from mmengine.config import DictAction
+
+from soma.apis.benchmark import benchmark, init_benchmark_model
+from soma.utils.cli import run_cli
+
 
 def parse_args(argv=None):
-    from mmengine.config import DictAction
     parser = argparse.ArgumentParser(description='Benchmark merged vs unmerged SoMA inference')
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', nargs='?', default=None, help='optional checkpoint')
@@ -36,22 +40,18 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    from soma.apis.benchmark import benchmark, init_benchmark_model
-    try:
-        model = init_benchmark_model(args.config, args.checkpoint, device=args.device,
-                                     backbone=args.backbone, cfg_options=args.cfg_options)
-        result = benchmark(model, tuple(args.shape), args.batch, args.repeat, args.warmup,
-                           out=args.out)
-    except (ValueError, OSError, RuntimeError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+def run(args):
+    model = init_benchmark_model(args.config, args.checkpoint, device=args.device,
+                                 backbone=args.backbone, cfg_options=args.cfg_options)
+    result = benchmark(model, tuple(args.shape), args.batch, args.repeat, args.warmup,
+                       out=args.out)
     print(json.dumps(result['fps'], indent=2))
     print(f"merged / plain = {result['ratio_merged_vs_plain']:.3f}, "
           f"unmerged / plain = {result['ratio_unmerged_vs_plain']:.3f}; written to {args.out}")
-    return 0
 
+
+def main(argv=None):
+    return run_cli(run, parse_args(argv))
 
 if __name__ == '__main__':
     sys.exit(main())

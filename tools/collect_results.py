@@ -11,6 +11,9 @@ where published). See ``soma.apis.collect_results``. Nothing is written on a bad
 import argparse
 import sys
 
+from soma.apis.collect_results import collect_results
+from soma.utils.cli import run_cli
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Collect run results into one table')
@@ -20,18 +23,14 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    from soma.apis.collect_results import collect_results
-    try:
-        paths = collect_results(args.work_dirs, args.out)
-    except (ValueError, OSError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+def run(args):
+    paths = collect_results(args.work_dirs, args.out)
     for key in ('markdown', 'csv', 'png'):
         print(paths[key])
-    return 0
 
+
+def main(argv=None):
+    return run_cli(run, parse_args(argv))
 
 if __name__ == '__main__':
     sys.exit(main())

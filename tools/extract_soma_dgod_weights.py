@@ -10,6 +10,9 @@ legacy Co-DETR key names is read too; the output always has this project's names
 import argparse
 import sys
 
+from soma.checkpoints import extract_file
+from soma.utils.cli import run_cli
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Extract SoMA adapter + detector head weights')
@@ -23,18 +26,14 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    from soma.apis.checkpoint import extract_file
-    try:
-        path = extract_file(args.final_ckpt, args.soma_ckpt, args.target_modules, dgod=True,
-                            semantics=args.semantics)
-    except (ValueError, OSError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+def run(args):
+    path = extract_file(args.final_ckpt, args.soma_ckpt, args.target_modules, dgod=True,
+                        semantics=args.semantics)
     print(f'adapter checkpoint written to {path}')
-    return 0
 
+
+def main(argv=None):
+    return run_cli(run, parse_args(argv))
 
 if __name__ == '__main__':
     sys.exit(main())

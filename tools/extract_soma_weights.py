@@ -16,7 +16,7 @@ A ``peft_cfg`` model's checkpoint (``meta['peft']``, written by ``SoMAMetaHook``
 peft's adapter keys (``...lora_A.default.weight``, ``lora_B``, DoRA's
 ``lora_magnitude_vector``), the trained keys recorded in its meta (the biases of peft's
 ``bias`` mode) and every key outside the backbone; ``--target_modules``/``--semantics`` do
-not apply (``soma.apis.peft_checkpoint``, ``docs/peft_baselines.md``).
+not apply (``soma.checkpoints.peft_adapter``, ``docs/peft_baselines.md``).
 
 ``--peft-dir DIR --backbone CONVERTED`` (with or without ``--soma_ckpt``): also write the
 adapters as a peft LoRA folder over the public converted weights (``adapter_config.json`` +
@@ -27,6 +27,9 @@ rank r for the release's semantics, rank 2r ``[B | -B0] @ [A ; A0]`` for this pr
 """
 import argparse
 import sys
+
+from soma.checkpoints import extract_file, extract_peft_dir, load_soma_checkpoint_file
+from soma.utils.cli import run_cli
 
 
 def parse_args(argv=None):
@@ -53,25 +56,19 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    from soma.apis.checkpoint import extract_file, load_soma_checkpoint_file
-    from soma.apis.peft_export import extract_peft_dir
-    try:
-        final = load_soma_checkpoint_file(args.final_ckpt)
-        if args.soma_ckpt:
-            path = extract_file(final, args.soma_ckpt, args.target_modules,
-                                semantics=args.semantics)
-            print(f'adapter checkpoint written to {path}')
-        if args.peft_dir:
-            extract_peft_dir(final, args.backbone, args.peft_dir, device=args.device,
-                             semantics=args.semantics)
-            print(f'peft adapter folder written to {args.peft_dir}')
-    except (ValueError, OSError, RuntimeError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
-    return 0
+def run(args):
+    final = load_soma_checkpoint_file(args.final_ckpt)  # read once, used by both outputs
+    if args.soma_ckpt:
+        path = extract_file(final, args.soma_ckpt, args.target_modules, semantics=args.semantics)
+        print(f'adapter checkpoint written to {path}')
+    if args.peft_dir:
+        extract_peft_dir(final, args.backbone, args.peft_dir, device=args.device,
+                         semantics=args.semantics)
+        print(f'peft adapter folder written to {args.peft_dir}')
 
+
+def main(argv=None):
+    return run_cli(run, parse_args(argv))
 
 if __name__ == '__main__':
     sys.exit(main())

@@ -17,6 +17,9 @@ transformers folder of its config; the folded keys are ``backbone.hf_model.<tran
 import argparse
 import sys
 
+from soma.checkpoints import merge_file
+from soma.utils.cli import run_cli
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Generate full weights from backbone + SoMA')
@@ -32,18 +35,14 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    from soma.apis.checkpoint import merge_file
-    try:
-        path = merge_file(args.backbone_ckpt, args.soma_ckpt, args.out,
-                          merge_adapters=args.merge_adapters, device=args.device)
-    except (ValueError, OSError, RuntimeError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+def run(args):
+    path = merge_file(args.backbone_ckpt, args.soma_ckpt, args.out,
+                      merge_adapters=args.merge_adapters, device=args.device)
     print(f'full checkpoint written to {path}')
-    return 0
 
+
+def main(argv=None):
+    return run_cli(run, parse_args(argv))
 
 if __name__ == '__main__':
     sys.exit(main())

@@ -7,8 +7,8 @@
 
 The adapter may be a ``.pth`` or ``.safetensors`` file; released adapters ('release'
 semantics) and adapters extracted from this project's models ('residual' semantics, see
-``soma.apis.checkpoint``) are both handled. A detector (DGOD) adapter in the release's
-legacy Co-DETR key names is renamed to ours (``soma.apis.legacy_keys``). The output is
+``soma.checkpoints``) are both handled. A detector (DGOD) adapter in the release's
+legacy Co-DETR key names is renamed to ours (``soma.checkpoints.legacy_codetr``). The output is
 written atomically; a missing, corrupt or unsafe file is a one-line error and no output.
 
 For an ``HFVisionBackbone`` model ``--backbone_ckpt`` is the transformers folder of its
@@ -17,10 +17,13 @@ config (``config.json`` + weights, as ``save_pretrained`` writes it): its weight
 
 A peft adapter (``meta['peft']``, ``peft_cfg`` models) is merged the same way; for
 ``pissa``/``olora`` the adapted base weights ``W - s*B0@A0`` are recomputed from the
-converted backbone with peft's own init (``soma.apis.peft_checkpoint``).
+converted backbone with peft's own init (``soma.checkpoints.peft_adapter``).
 """
 import argparse
 import sys
+
+from soma.checkpoints import merge_file, merge_peft_file
+from soma.utils.cli import run_cli
 
 
 def parse_args(argv=None):
@@ -38,23 +41,18 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    from soma.apis.checkpoint import merge_file
-    from soma.apis.peft_export import merge_peft_file
-    try:
-        if args.peft_dir:
-            path = merge_peft_file(args.backbone_ckpt, args.soma_ckpt, args.peft_dir,
-                                   args.merged_ckpt, device=args.device)
-        else:
-            path = merge_file(args.backbone_ckpt, args.soma_ckpt, args.merged_ckpt,
-                              device=args.device)
-    except (ValueError, OSError, RuntimeError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+def run(args):
+    if args.peft_dir:
+        path = merge_peft_file(args.backbone_ckpt, args.soma_ckpt, args.peft_dir,
+                               args.merged_ckpt, device=args.device)
+    else:
+        path = merge_file(args.backbone_ckpt, args.soma_ckpt, args.merged_ckpt,
+                          device=args.device)
     print(f'merged checkpoint written to {path}')
-    return 0
 
+
+def main(argv=None):
+    return run_cli(run, parse_args(argv))
 
 if __name__ == '__main__':
     sys.exit(main())

@@ -10,9 +10,13 @@ Writes ``<save_dir>/<image name>.png`` (input | prediction).
 import argparse
 import sys
 
+from mmengine.config import DictAction
+
+from soma.apis.inference import init_model, visualize
+from soma.utils.cli import run_cli
+
 
 def parse_args(argv=None):
-    from mmengine.config import DictAction
     parser = argparse.ArgumentParser(description='Visualise SoMA segmentation predictions')
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='full or adapter + head checkpoint')
@@ -27,19 +31,15 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    from soma.apis.inference import init_model, visualize
-    try:
-        model = init_model(args.config, args.checkpoint, device=args.device,
-                           backbone=args.backbone, cfg_options=args.cfg_options)
-        paths = visualize(model, args.images, args.save_dir, tta=args.tta)
-    except (ValueError, OSError, KeyError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+def run(args):
+    model = init_model(args.config, args.checkpoint, device=args.device,
+                       backbone=args.backbone, cfg_options=args.cfg_options)
+    paths = visualize(model, args.images, args.save_dir, tta=args.tta)
     print(f'{len(paths)} images written to {args.save_dir}')
-    return 0
 
+
+def main(argv=None):
+    return run_cli(run, parse_args(argv))
 
 if __name__ == '__main__':
     sys.exit(main())

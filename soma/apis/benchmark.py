@@ -25,9 +25,17 @@ import os
 import os.path as osp
 import statistics
 import time
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
+
+from soma.apis.inference import init_model
+from soma.apis.launch import as_config
+from soma.checkpoints import hf_folder_of
+from soma.peft.layer import SoMALinear
+from soma.peft.model import SoMAModel
+from soma.utils.atomic import atomic_output
 
 __all__ = ['init_benchmark_model', 'merged_copy', 'plain_copy', 'time_models', 'benchmark']
 
@@ -36,25 +44,25 @@ def _hf_model_arg(backbone):
     """``HFVisionBackbone(model=...)`` for ``backbone``: a folder (its weights), or a
     ``config.json`` file (a config dict: random weights)."""
     path = os.fspath(backbone)
-    if osp.isdir(path):
-        return path
     if osp.isfile(path) and osp.basename(path) == 'config.json':
         with open(path, encoding='utf-8') as f:
             fields = json.load(f)
         if not isinstance(fields, dict) or 'model_type' not in fields:
             raise ValueError(f'{path}: not a transformers config (no model_type)')
         return {k: v for k, v in fields.items() if not k.startswith('_')}
+    folder = hf_folder_of(path) if osp.exists(path) else None
+    if folder is not None:
+        return folder
     raise FileNotFoundError(f'--backbone {path}: an HFVisionBackbone config needs a '
                             f'transformers folder or its config.json')
 
 
 def init_benchmark_model(config, checkpoint=None, device='cpu', backbone=None,
-                         cfg_options=None):
+                         cfg_options: Optional[dict] = None) -> nn.Module:
     """:func:`soma.apis.inference.init_model` for a benchmark: with an ``HFVisionBackbone``
     config, ``backbone`` replaces ``model.backbone.model`` (a folder or a ``config.json``);
     otherwise it is the converted DINOv2, as for ``init_model``."""
-    from soma.apis.inference import _load_config, init_model
-    cfg = _load_config(config, cfg_options)
+    cfg = as_config(config, cfg_options)
     backbone_cfg = cfg.model.get('backbone') or {}
     if backbone_cfg.get('type') != 'HFVisionBackbone':
         return init_model(cfg, checkpoint, device=device, backbone=backbone)
@@ -63,13 +71,7 @@ def init_benchmark_model(config, checkpoint=None, device='cpu', backbone=None,
     return init_model(cfg, checkpoint, device=device)
 
 
-def _soma_linear_cls():
-    from soma.peft.layer import SoMALinear
-    return SoMALinear
-
-
-def _backbone_wrapper(model):
-    from soma.peft.model import SoMAModel
+def _backbone_wrapper(model: nn.Module) -> SoMAModel:
     backbone = getattr(model, 'backbone', None)
     if not isinstance(backbone, SoMAModel):
         raise ValueError(f'{type(model).__name__}.backbone is not a SoMA-wrapped backbone '
@@ -77,7 +79,7 @@ def _backbone_wrapper(model):
     return backbone
 
 
-def merged_copy(model):
+def merged_copy(model: nn.Module) -> nn.Module:
     """An eval-mode copy whose backbone has the adapters merged and unloaded (plain nn.Linear).
 
     Its backbone is the bare ViT, so do not call ``train()``/``eval()`` on the PEFT
@@ -88,14 +90,13 @@ def merged_copy(model):
     return merged
 
 
-def plain_copy(model):
+def plain_copy(model: nn.Module) -> nn.Module:
     """A copy whose backbone holds plain nn.Linear layers with the frozen weights only."""
     plain = copy.deepcopy(model).eval()
     inner = _backbone_wrapper(plain).model
-    soma_linear = _soma_linear_cls()
     for name, module in list(inner.named_modules()):
         for child_name, child in list(module.named_children()):
-            if isinstance(child, soma_linear):
+            if isinstance(child, SoMALinear):
                 linear = nn.Linear(child.in_features, child.out_features,
                                    bias=child.bias is not None, device=child.weight.device,
                                    dtype=child.weight.dtype)
@@ -112,7 +113,8 @@ def _count(module, cls):
     return sum(isinstance(m, cls) for m in module.modules())
 
 
-def time_models(models, inputs, repeat=10, warmup=2):
+def time_models(models: Dict[str, nn.Module], inputs: torch.Tensor, repeat: int = 10,
+                warmup: int = 2) -> Dict[str, List[float]]:
     """Round-robin timing; ``{name: [seconds per forward, one per repeat]}``."""
     sync = torch.cuda.synchronize if inputs.is_cuda else (lambda: None)
     times = {name: [] for name in models}
@@ -135,19 +137,19 @@ def _structure(module):
     return [type(m).__name__ for m in module.modules()]
 
 
-def benchmark(model, shape=(512, 512), batch=1, repeat=10, warmup=2, out=None, device=None):
+def benchmark(model: nn.Module, shape: Tuple[int, int] = (512, 512), batch: int = 1,
+              repeat: int = 10, warmup: int = 2, out: Optional[str] = None,
+              device=None) -> dict:
     """FPS of ``model`` unmerged / merged / plain; writes json to ``out`` when given.
 
     ``model``: a built SoMA segmentor (e.g. from :func:`soma.apis.inference.init_model`).
     Returns the result dict (``fps``, ratios, shapes, the largest output difference between
     merged and unmerged).
     """
-    from soma.utils.checkpoint_io import atomic_output
     device = device or next(model.parameters()).device
     model = model.to(device).eval()
     models = {'unmerged': model, 'merged': merged_copy(model), 'plain': plain_copy(model)}
-    soma_linear = _soma_linear_cls()
-    leftover = _count(models['merged'], soma_linear)
+    leftover = _count(models['merged'], SoMALinear)
     if leftover:
         raise RuntimeError(f'merge_and_unload left {leftover} SoMA layers in the model')
     h, w = shape
@@ -168,7 +170,7 @@ def benchmark(model, shape=(512, 512), batch=1, repeat=10, warmup=2, out=None, d
         ratio_merged_vs_plain_median=median['plain'] / median['merged'],
         merged_same_layers_as_plain=_structure(models['merged']) == _structure(models['plain']),
         max_abs_diff_merged_vs_unmerged=diff,
-        soma_layers=_count(model, soma_linear),
+        soma_layers=_count(model, SoMALinear),
         params=sum(p.numel() for p in model.parameters()),
         shape=[h, w], batch=batch, repeat=repeat, warmup=warmup, device=str(device),
         torch=torch.__version__, threads=torch.get_num_threads())

@@ -26,7 +26,7 @@ import re
 
 from mmengine.config import Config
 
-from soma.utils.checkpoint_io import atomic_output
+from soma.utils.atomic import atomic_output
 
 __all__ = ['PAPER_RESULTS', 'read_run', 'collect_rows', 'format_markdown', 'format_csv',
            'collect_results', 'method_name', 'backbone_name', 'setting_name']
@@ -271,7 +271,7 @@ def format_csv(rows):
 
 
 def _plot(rows, path):
-    import matplotlib
+    import matplotlib  # heavy, for the figure only
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     labels = [f'{r["method"]}\n{r["run"]}' for r in rows]

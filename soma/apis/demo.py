@@ -9,9 +9,19 @@
    writes coloured predictions to ``WORK_DIR/predictions/vis_data/vis_image/`` and prints
    the per-domain mIoU table.
 """
+import argparse
 import os
 import os.path as osp
 import time
+from typing import List, Optional
+
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+from soma.apis.launch import leaf_datasets, run_cli, unique_visualizer_name
+from soma.apis.test import parse_args as parse_test_args
+from soma.apis.test import test
+from soma.datasets import make_synthetic_dg_benchmark
 
 __all__ = ['DEMO_CONFIG', 'demo_config', 'check_max_iters', 'set_max_iters', 'set_image_size',
            'run_demo', 'main']
@@ -22,15 +32,7 @@ NO_PRETRAINED = ('no pretrained weights: the backbone starts from random initial
                  'numbers are only a smoke test of the pipeline')
 
 
-def _leaf_datasets(dataset):
-    if 'datasets' in dataset:
-        return [leaf for d in dataset['datasets'] for leaf in _leaf_datasets(d)]
-    if 'dataset' in dataset:
-        return _leaf_datasets(dataset['dataset'])
-    return [dataset]
-
-
-def check_max_iters(max_iters):
+def check_max_iters(max_iters: Optional[int]) -> Optional[int]:
     """``max_iters`` as an int >= 1 (``None`` passes through: the config's own)."""
     if max_iters is None:
         return None
@@ -39,7 +41,7 @@ def check_max_iters(max_iters):
     return int(max_iters)
 
 
-def set_max_iters(cfg, max_iters, val=True):
+def set_max_iters(cfg: Config, max_iters: Optional[int], val: bool = True) -> Config:
     """Set the run length everywhere it appears (loop, schedulers, checkpoint).
 
     ``max_iters=None`` keeps the config's own length. The schedule keeps its shape: every
@@ -65,14 +67,14 @@ def set_max_iters(cfg, max_iters, val=True):
     return cfg
 
 
-def set_image_size(cfg, size):
+def set_image_size(cfg: Config, size: int) -> Config:
     """Scale the demo config to ``size`` x ``size`` crops (backbone, pipelines, preprocessor)."""
     cfg.crop_size = (size, size)
     cfg.model.backbone.img_size = size
     cfg.model.data_preprocessor.size = (size, size)
     pipelines = [d['pipeline'] for loader in ('train_dataloader', 'val_dataloader',
                                               'test_dataloader') if cfg.get(loader)
-                 for d in _leaf_datasets(cfg[loader]['dataset'])]
+                 for d in leaf_datasets(cfg[loader]['dataset'])]
     if cfg.get('test_pipeline'):  # what init_model / inference_model use
         pipelines.append(cfg.test_pipeline)
     for pipeline in pipelines:
@@ -87,16 +89,13 @@ def set_image_size(cfg, size):
     return cfg
 
 
-def demo_config(data_root, work_dir, max_iters=None, config=DEMO_CONFIG, val=True,
-                image_size=None):
+def demo_config(data_root, work_dir, max_iters: Optional[int] = None, config=DEMO_CONFIG,
+                val: bool = True, image_size: Optional[int] = None) -> Config:
     """The demo config pointed at ``data_root`` (made by ``make_synthetic_dg_benchmark``)."""
-    from mmengine.config import Config
-
-    from soma.apis.launch import unique_visualizer_name
     cfg = Config.fromfile(config)
     data_root = osp.abspath(os.fspath(data_root))
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        for dataset in _leaf_datasets(cfg[loader]['dataset']) if cfg.get(loader) else []:
+        for dataset in leaf_datasets(cfg[loader]['dataset']) if cfg.get(loader) else []:
             dataset['data_root'] = osp.join(data_root, osp.basename(dataset['data_root']))
     cfg.data_root = data_root
     cfg.work_dir = os.fspath(work_dir)
@@ -113,15 +112,9 @@ def _pretrained_checkpoint(cfg):
     return path if path and osp.isfile(path) else None
 
 
-def run_demo(work_dir='work_dirs/demo', max_iters=None, num_train=64, num_val=12,
-             image_size=96, seed=0):
+def run_demo(work_dir='work_dirs/demo', max_iters: Optional[int] = None, num_train: int = 64,
+             num_val: int = 12, image_size: int = 96, seed: int = 0) -> dict:
     """Run the whole demo; return ``{'metrics': {...}, 'seconds': {...}, 'paths': {...}}``."""
-    import soma  # noqa: F401
-    from mmengine.runner import Runner
-
-    from soma.apis.test import parse_args as parse_test_args
-    from soma.apis.test import test
-    from soma.datasets import make_synthetic_dg_benchmark
     check_max_iters(max_iters)  # before anything is written
     seconds = {}
     t0 = time.time()
@@ -175,10 +168,8 @@ def _print_summary(metrics, seconds, vis_dir):
     print(f'[demo] {NO_PRETRAINED}')
 
 
-def main(argv=None):
-    import argparse
-
-    from soma.apis.launch import run_cli
+def main(argv: Optional[List[str]] = None) -> int:
+    """``tools/demo.py``: run the demo, one-line errors, exit code."""
     parser = argparse.ArgumentParser(description='SoMA demo on a synthetic DG benchmark (CPU)')
     parser.add_argument('--work-dir', default='work_dirs/demo')
     parser.add_argument('--iters', type=int, default=None,

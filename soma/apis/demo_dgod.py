@@ -7,27 +7,28 @@
    ``daytime_clear`` on the CPU;
 3. tests on all five domains and prints the per-domain VOC mAP table.
 """
+import argparse
 import os.path as osp
 import time
+from typing import List, Optional
+
+import torch
+from mmengine.config import Config
+from mmengine.runner import Runner
 
 from soma.apis.demo import REPO_ROOT, check_max_iters, set_max_iters
+from soma.apis.launch import run_cli, unique_visualizer_name
+from soma.datasets.synthetic_dgod import make_diverse_weather, point_config_to
 
 __all__ = ['DGOD_DEMO_CONFIG', 'run_dgod_demo', 'main']
 
 DGOD_DEMO_CONFIG = osp.join(REPO_ROOT, 'DGOD', 'configs', 'demo', 'soma_tiny_codetr_demo.py')
 
 
-def run_dgod_demo(work_dir='work_dirs/demo_dgod', config=DGOD_DEMO_CONFIG, max_iters=None,
-                  num_train=16, num_test=12, size=128, seed=0):
+def run_dgod_demo(work_dir='work_dirs/demo_dgod', config=DGOD_DEMO_CONFIG,
+                  max_iters: Optional[int] = None, num_train: int = 16, num_test: int = 12,
+                  size: int = 128, seed: int = 0) -> dict:
     """Generate the data, train, test; return the test metrics (dict)."""
-    import torch
-    from mmengine.config import Config
-    from mmengine.runner import Runner
-
-    import soma  # noqa: F401  (registers everything)
-    from soma.apis.launch import unique_visualizer_name
-    from soma.datasets.synthetic_dgod import make_diverse_weather, point_config_to
-
     check_max_iters(max_iters)  # before anything is written
     # the ops of a tiny model are too small to gain from threads; on a shared CPU the
     # thread pool's waiting costs several times the work itself
@@ -58,10 +59,8 @@ def _print_table(metrics, seconds, work_dir):
     print(f'[demo-dgod] done in {seconds:.0f} s; logs and checkpoint in {work_dir}')
 
 
-def main(argv=None):
-    import argparse
-
-    from soma.apis.launch import run_cli
+def main(argv: Optional[List[str]] = None) -> int:
+    """``tools/demo_dgod.py``: run the detection demo, one-line errors, exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--work-dir', default='work_dirs/demo_dgod')
     parser.add_argument('--config', default=DGOD_DEMO_CONFIG)

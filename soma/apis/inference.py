@@ -6,15 +6,29 @@
     result = inference_model(model, 'demo.png')          # SegDataSample
     paths = visualize(model, ['a.png', 'b.png'], 'work_dirs/vis')
 
-Weights load through :func:`soma.apis.checkpoint.load_soma_checkpoint`: an adapter-only
+Weights load through :func:`soma.checkpoints.load_soma_checkpoint`: an adapter-only
 checkpoint needs ``backbone`` (a converted DINOv2) and gets a clear error otherwise.
 """
 import copy
 import os
 import os.path as osp
+from typing import List, Optional, Sequence
 
+import cv2
+import mmcv
 import numpy as np
 import torch
+from mmengine.dataset import Compose, pseudo_collate
+from mmengine.model import revert_sync_batchnorm
+from mmengine.registry import init_default_scope
+from mmengine.utils import ProgressBar
+from mmseg.registry import MODELS
+from mmseg.utils import get_classes
+from torch import nn
+
+from soma.apis.launch import as_config
+from soma.checkpoints import load_soma_checkpoint
+from soma.utils.atomic import atomic_output
 
 __all__ = ['init_model', 'inference_model', 'test_pipeline_of', 'colorize', 'visualize',
            'CITYSCAPES_PALETTE']
@@ -27,23 +41,6 @@ CITYSCAPES_PALETTE = [
     [0, 80, 100], [0, 0, 230], [119, 11, 32]]
 
 
-def _load_config(config, cfg_options=None):
-    from mmengine.config import Config
-    if isinstance(config, (str, os.PathLike)):
-        if not osp.isfile(config):
-            raise FileNotFoundError(f'config not found: {config}')
-        cfg = Config.fromfile(os.fspath(config))
-    elif isinstance(config, Config):
-        cfg = copy.deepcopy(config)
-    elif isinstance(config, dict):
-        cfg = Config(copy.deepcopy(config))
-    else:
-        raise TypeError(f'config must be a path, a Config or a dict, got {type(config).__name__}')
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    return cfg
-
-
 def _dataset_meta(ckpt, num_classes):
     meta = (ckpt or {}).get('meta') or {}
     if isinstance(meta.get('dataset_meta'), dict) and meta['dataset_meta'].get('classes'):
@@ -51,7 +48,6 @@ def _dataset_meta(ckpt, num_classes):
         dataset_meta.setdefault('palette', _palette(len(dataset_meta['classes'])))
         return dataset_meta
     if num_classes == len(CITYSCAPES_PALETTE):
-        from mmseg.utils import get_classes
         return dict(classes=tuple(get_classes('cityscapes')), palette=CITYSCAPES_PALETTE)
     return dict(classes=tuple(f'class_{i}' for i in range(num_classes)),
                 palette=_palette(num_classes))
@@ -65,14 +61,15 @@ def _palette(n):
     return palette
 
 
-def init_model(config, checkpoint=None, device='cpu', backbone=None, cfg_options=None):
+def init_model(config, checkpoint=None, device='cpu', backbone=None,
+               cfg_options: Optional[dict] = None) -> nn.Module:
     """Build the segmentor of ``config`` (mmseg scope) and load its weights.
 
     Args:
         config: config path, ``mmengine.Config`` or dict.
         checkpoint: full or adapter + head checkpoint (``.pth``/``.safetensors``; the
             release's Co-DETR key names are renamed to ours); checked against the model
-            first (:func:`soma.apis.checkpoint.check_checkpoint_for_model`).
+            first (:func:`soma.checkpoints.check_checkpoint_for_model`).
         device: where the model goes.
         backbone: converted DINOv2 checkpoint, merged into an adapter-only ``checkpoint``;
             without ``checkpoint`` it initialises the backbone (and the adapters) and leaves
@@ -81,13 +78,7 @@ def init_model(config, checkpoint=None, device='cpu', backbone=None, cfg_options
     Returns:
         The model in eval mode, with ``model.cfg`` and ``model.dataset_meta``.
     """
-    import soma  # noqa: F401  (registers the modules)
-    from mmengine.model import revert_sync_batchnorm
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
-
-    from soma.apis.checkpoint import load_soma_checkpoint
-    cfg = _load_config(config, cfg_options)
+    cfg = as_config(config, cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     model_cfg = copy.deepcopy(cfg.model)
     model_cfg.pop('pretrained', None)
@@ -125,7 +116,7 @@ def _find_pipeline(node):
     return None
 
 
-def test_pipeline_of(cfg, for_arrays=False):
+def test_pipeline_of(cfg, for_arrays: bool = False) -> List[dict]:
     """The inference pipeline: ``cfg.test_pipeline``, else the test dataset's, without labels."""
     pipeline = cfg.get('test_pipeline') or _find_pipeline(
         (cfg.get('test_dataloader') or {}).get('dataset')) or [
@@ -154,14 +145,12 @@ def _tta_pipeline(cfg, for_arrays=False):
     return pipeline
 
 
-def inference_model(model, images, tta=False):
+def inference_model(model: nn.Module, images, tta: bool = False):
     """Predict image files or HxWx3 BGR arrays; one ``SegDataSample`` or a list of them.
 
     ``tta``: average the softmax over the config's ``tta_pipeline`` (multi-scale + flip; a
     flip-only default when the config has none) with mmseg's ``SegTTAModel``.
     """
-    from mmengine.dataset import Compose, pseudo_collate
-    from mmseg.registry import MODELS
     is_batch = isinstance(images, (list, tuple))
     images = list(images) if is_batch else [images]
     for img in images:
@@ -181,7 +170,7 @@ def inference_model(model, images, tta=False):
     return results if is_batch else results[0]
 
 
-def colorize(label, palette):
+def colorize(label, palette) -> np.ndarray:
     """HxW label map -> HxWx3 uint8 RGB with ``palette`` (ignored/unknown ids black)."""
     palette = np.asarray(palette, dtype=np.uint8)
     label = np.asarray(label)
@@ -191,14 +180,10 @@ def colorize(label, palette):
     return out
 
 
-def visualize(model, images, save_dir, tta=False, palette=None, progress=True):
+def visualize(model: nn.Module, images: Sequence[str], save_dir: str, tta: bool = False,
+              palette=None, progress: bool = True) -> List[str]:
     """Write ``<save_dir>/<image stem>.png``: the input and its colour-coded prediction side
     by side (Cityscapes palette unless the checkpoint named another). Returns the paths."""
-    import cv2
-    import mmcv
-    from mmengine.utils import ProgressBar
-
-    from soma.utils.checkpoint_io import atomic_output
     palette = palette or model.dataset_meta.get('palette') or CITYSCAPES_PALETTE
     for img in images:
         if not osp.isfile(img):

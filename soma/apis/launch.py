@@ -4,19 +4,30 @@ The config's own ``default_scope`` (``mmseg`` for ``configs/``, ``mmdet`` for
 ``DGOD/configs``) decides which registries are used; ``import soma`` has registered our
 modules in both.
 """
+import copy
 import logging
 import os
 import os.path as osp
-import sys
 import uuid
+from contextlib import nullcontext
+from typing import List, Optional, Sequence
 
 import torch
+import torch.distributed as dist
+from mmcv.ops import nms, roi_align
+from mmcv.ops.multi_scale_deform_attn import MultiScaleDeformableAttnFunction
+from mmengine.config import Config
+from mmengine.device import get_device
+from mmengine.logging import print_log
 
-__all__ = ['load_config', 'set_work_dir', 'setup_launcher', 'check_data_roots', 'run_cli',
-           'unique_visualizer_name', 'amp_dtype', 'enable_amp', 'amp_autocast']
+from soma.utils.cli import run_cli
+
+__all__ = ['as_config', 'load_config', 'set_work_dir', 'setup_launcher', 'leaf_datasets',
+           'check_data_roots', 'run_cli', 'unique_visualizer_name', 'amp_dtype', 'enable_amp',
+           'amp_autocast']
 
 
-def unique_visualizer_name(cfg):
+def unique_visualizer_name(cfg: Config) -> Config:
     """Give the config's visualizer a name of its own.
 
     mmengine visualizers are named singletons: a second Runner in the same process (the
@@ -29,16 +40,29 @@ def unique_visualizer_name(cfg):
     return cfg
 
 
-def load_config(config, cfg_options=None, launcher='none'):
-    """``Config.fromfile`` + ``--cfg-options`` + launcher; errors name the file."""
-    import soma  # noqa: F401  (registers everything before the config is used)
-    from mmengine.config import Config
-    config = os.fspath(config)
-    if not osp.isfile(config):
-        raise FileNotFoundError(f'config not found: {config}')
-    cfg = Config.fromfile(config)
+def as_config(config, cfg_options: Optional[dict] = None) -> Config:
+    """A ``Config`` from a path (``Config.fromfile``), a ``Config`` or a dict (copied), with
+    ``cfg_options`` merged in; a missing file is a one-line error naming it."""
+    if isinstance(config, (str, os.PathLike)):
+        config = os.fspath(config)
+        if not osp.isfile(config):
+            raise FileNotFoundError(f'config not found: {config}')
+        cfg = Config.fromfile(config)
+    elif isinstance(config, Config):
+        cfg = copy.deepcopy(config)
+    elif isinstance(config, dict):
+        cfg = Config(copy.deepcopy(config))
+    else:
+        raise TypeError(f'config must be a path, a Config or a dict, got {type(config).__name__}')
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def load_config(config, cfg_options: Optional[dict] = None, launcher: str = 'none') -> Config:
+    """A config file for a tool: :func:`as_config` + launcher + a visualizer of its own;
+    errors name the file."""
+    cfg = as_config(os.fspath(config), cfg_options)
     cfg.launcher = launcher
     unique_visualizer_name(cfg)
     if 'default_scope' not in cfg:
@@ -46,7 +70,7 @@ def load_config(config, cfg_options=None, launcher='none'):
     return cfg
 
 
-def set_work_dir(cfg, work_dir=None):
+def set_work_dir(cfg: Config, work_dir: Optional[str] = None) -> str:
     """CLI ``--work-dir`` > config ``work_dir`` > ``./work_dirs/<config name>``."""
     if work_dir is not None:
         cfg.work_dir = work_dir
@@ -55,7 +79,7 @@ def set_work_dir(cfg, work_dir=None):
     return cfg.work_dir
 
 
-def setup_launcher(cfg):
+def setup_launcher(cfg: Config) -> Config:
     """Make a distributed launch work without GPU: gloo backend, DDP without device ids.
 
     mmengine 0.10 calls ``torch.cuda.set_device`` when it initialises the process group
@@ -71,7 +95,6 @@ def setup_launcher(cfg):
     if cfg.launcher != 'pytorch':
         raise ValueError(f'launcher {cfg.launcher!r} needs GPUs; on CPU use --launcher pytorch '
                          f'(tools/dist_train.sh)')
-    import torch.distributed as dist
     if not dist.is_initialized():
         dist.init_process_group(backend='gloo')
     if cfg.get('model_wrapper_cfg') is None:
@@ -81,13 +104,11 @@ def setup_launcher(cfg):
     return cfg
 
 
-def _mmcv_cuda_ops_take(dtype):
+def _mmcv_cuda_ops_take(dtype: torch.dtype) -> bool:
     """Whether mmcv's CUDA kernels our models use (multi-scale deformable attention of
     Mask2Former and Co-DETR, RoIAlign, nms) run in ``dtype``; mmcv 2.1 dispatches them for
     float32/float64/float16 only, so bfloat16 autocast would fail inside them."""
     try:
-        from mmcv.ops import nms, roi_align
-        from mmcv.ops.multi_scale_deform_attn import MultiScaleDeformableAttnFunction
         value = torch.zeros(1, 4, 1, 2, device='cuda', dtype=dtype)
         shapes = torch.tensor([[2, 2]], device='cuda')
         start = torch.tensor([0], device='cuda')
@@ -99,12 +120,12 @@ def _mmcv_cuda_ops_take(dtype):
                   'avg', True)
         nms(rois[:, 1:], rois[:, 0] + 1, 0.5)
         torch.cuda.synchronize()
-    except (RuntimeError, ImportError):
+    except RuntimeError:
         return False
     return True
 
 
-def amp_dtype(device_type):
+def amp_dtype(device_type: str) -> str:
     """The autocast dtype of ``--amp`` on ``device_type``: 'bfloat16' or 'float16'.
 
     CPU: bfloat16. CUDA: bfloat16 when the GPU supports it and mmcv's CUDA kernels accept
@@ -118,7 +139,7 @@ def amp_dtype(device_type):
     return 'float16'
 
 
-def enable_amp(cfg, device_type=None):
+def enable_amp(cfg: Config, device_type: Optional[str] = None) -> str:
     """``--amp`` for training: mixed precision through the config's optimizer wrapper.
 
     GPU (and NPU/MLU): mmengine's ``AmpOptimWrapper`` with ``dtype`` from :func:`amp_dtype`
@@ -126,8 +147,6 @@ def enable_amp(cfg, device_type=None):
     scaling: mmengine's wrapper needs a GPU), segmentation only (mmcv's CPU detection
     kernels have no bfloat16). A config already using one is kept. Returns the dtype name.
     """
-    from mmengine.device import get_device
-    from mmengine.logging import print_log
     device_type = device_type or get_device()
     dtype = amp_dtype(device_type)
     wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
@@ -151,36 +170,34 @@ def enable_amp(cfg, device_type=None):
     return dtype
 
 
-def amp_autocast(enabled=True, device_type=None):
+def amp_autocast(enabled: bool = True, device_type: Optional[str] = None):
     """``--amp`` for testing: ``torch.autocast`` on the device in :func:`amp_dtype`'s dtype
     (a no-op context when ``enabled`` is False)."""
-    from contextlib import nullcontext
-
-    from mmengine.device import get_device
     if not enabled:
         return nullcontext()
     device_type = device_type or get_device()
     return torch.autocast(device_type, dtype=getattr(torch, amp_dtype(device_type)))
 
 
-def _dataset_cfgs(dataset):
+def leaf_datasets(dataset) -> List[dict]:
     """Leaf dataset configs of a (possibly wrapped / concatenated) dataset config."""
     if not isinstance(dataset, dict):
         return []
     if 'datasets' in dataset:
-        return [leaf for d in dataset['datasets'] for leaf in _dataset_cfgs(d)]
+        return [leaf for d in dataset['datasets'] for leaf in leaf_datasets(d)]
     if 'dataset' in dataset:
-        return _dataset_cfgs(dataset['dataset'])
+        return leaf_datasets(dataset['dataset'])
     return [dataset]
 
 
-def check_data_roots(cfg, loaders=('train_dataloader', 'val_dataloader', 'test_dataloader')):
+def check_data_roots(cfg: Config, loaders: Sequence[str] = ('train_dataloader', 'val_dataloader',
+                                                            'test_dataloader')) -> None:
     """Raise ``FileNotFoundError`` naming the first dataset folder/file that does not exist."""
     for loader in loaders:
         loader_cfg = cfg.get(loader)
         if not loader_cfg:
             continue
-        for ds in _dataset_cfgs(loader_cfg.get('dataset')):
+        for ds in leaf_datasets(loader_cfg.get('dataset')):
             root = ds.get('data_root') or ''
             if root and not osp.isdir(root):
                 raise FileNotFoundError(
@@ -195,17 +212,3 @@ def check_data_roots(cfg, loaders=('train_dataloader', 'val_dataloader', 'test_d
                 if sub and not osp.exists(osp.join(root, sub)):
                     raise FileNotFoundError(
                         f'{loader}: {key} folder {osp.join(root, sub)} does not exist')
-
-
-def run_cli(fn, *args, **kwargs):
-    """Run ``fn``; a user error becomes ``error: <one line>`` on stderr and exit code 1."""
-    from mmengine.config.utils import ConfigParsingError
-    try:
-        fn(*args, **kwargs)
-    except (OSError, ValueError, KeyError, TypeError, ImportError, SyntaxError,
-            ConfigParsingError) as e:
-        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        msg = ' '.join(msg.split()) or type(e).__name__
-        print(f'error: {msg}', file=sys.stderr)
-        return 1
-    return 0

@@ -10,7 +10,7 @@ For every target linear the singular values are computed in float64
 and the share of energy (sum of squared singular values) held by the minor ``r`` components
 is reported, per layer and per block (pooled over the block's layers). With a trained SoMA
 checkpoint, the same is reported for the effective trained weight ``weight + s * B @ A``
-(the adapter merged with the backbone, :mod:`soma.apis.checkpoint`), plus the relative change
+(the adapter merged with the backbone, :mod:`soma.checkpoints`), plus the relative change
 ``||W_trained - W_pretrained||_F / ||W_pretrained||_F``.
 
 Outputs in ``out_dir``: ``spectrum_layers.csv``, ``spectrum_blocks.csv``, ``spectrum.png``
@@ -21,11 +21,20 @@ import os
 import os.path as osp
 import re
 
+from typing import Dict
+
 import numpy as np
 import torch
+from mmengine.utils import ProgressBar
 
+from soma.checkpoints import (fold_adapters, hf_folder_of, merge_soma_weights,
+                              read_converted_backbone)
+from soma.checkpoints.layout import BACKBONE_PREFIX
+from soma.checkpoints.soma_adapter import adapter_ranks
+from soma.models.backbones.dinov2 import DinoVisionTransformer
+from soma.models.backbones.hf_vision import hf_backbone_weights
 from soma.peft.config import DEFAULT_TARGET_MODULES
-from soma.utils.checkpoint_io import atomic_output
+from soma.utils.atomic import atomic_output
 
 __all__ = ['singular_values', 'minor_energy_share', 'layer_spectra', 'analyze_spectrum']
 
@@ -49,7 +58,8 @@ def _layer_re(layers_pattern):
     return re.compile(rf'((?:.*\.)?{layers_pattern}\.(\d+)\.(.+))\.weight')
 
 
-def _target_layers(state_dict, target_modules, layers_pattern='blocks'):
+def _target_layers(state_dict, target_modules,
+                   layers_pattern=DinoVisionTransformer.layers_pattern):
     """``{layer name: weight}`` of the target linears in ``<layers_pattern>.<i>.``, in block
     order."""
     layers = {}
@@ -68,8 +78,9 @@ def _target_layers(state_dict, target_modules, layers_pattern='blocks'):
     return dict(sorted(layers.items(), key=lambda kv: (kv[1][0], kv[0])))
 
 
-def layer_spectra(state_dict, r=16, target_modules=DEFAULT_TARGET_MODULES, trained=None,
-                  progress=True, layers_pattern='blocks'):
+def layer_spectra(state_dict, r: int = 16, target_modules=DEFAULT_TARGET_MODULES,
+                  trained=None, progress: bool = True,
+                  layers_pattern: str = DinoVisionTransformer.layers_pattern):
     """Per-layer rows (see ``LAYER_FIELDS``) and singular values.
 
     ``state_dict``: plain converted DINOv2 keys (or a transformers model's, with its
@@ -82,10 +93,7 @@ def layer_spectra(state_dict, r=16, target_modules=DEFAULT_TARGET_MODULES, train
                    else '{' + ','.join(target_modules) + '}')
         raise ValueError(f'no target layers ({layers_pattern}.<i>.{targets}.weight) in the '
                          f'checkpoint')
-    bar = None
-    if progress:
-        from mmengine.utils import ProgressBar
-        bar = ProgressBar(len(layers))
+    bar = ProgressBar(len(layers)) if progress else None
     rows, spectra = [], {}
     for name, (block, module, weight) in layers.items():
         if r > min(weight.shape):
@@ -139,7 +147,7 @@ def _write_csv(path, fields, rows):
 
 
 def _plot(rows, spectra, blocks, r, spectrum_png, energy_png):
-    import matplotlib
+    import matplotlib  # heavy, for the figures only
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     modules = sorted({row['module'] for row in rows})
@@ -183,107 +191,34 @@ def _plot(rows, spectra, blocks, r, spectrum_png, energy_png):
     plt.close(fig)
 
 
-def _hf_folder_of(source):
-    """The transformers folder named by ``source`` (a folder, or an mmengine config whose
-    ``model.backbone`` is an HFVisionBackbone on a folder), or None for anything else."""
-    source = os.fspath(source)
-    if osp.isdir(source):
-        return source
-    if not source.endswith('.py'):
-        return None
-    from mmengine.config import Config
-    backbone = Config.fromfile(source).model.get('backbone') or {}
-    if backbone.get('type') != 'HFVisionBackbone':
-        raise ValueError(f'{source}: model.backbone is {backbone.get("type")!r}, not an '
-                         f'HFVisionBackbone; pass a converted DINOv2 checkpoint instead')
-    folder = backbone.get('model')
-    if not isinstance(folder, str):
-        raise ValueError(f'{source}: model.backbone.model must name a transformers folder '
-                         f'(pretrained weights) for a spectrum, got a {type(folder).__name__}')
-    return folder
-
-
-def _hf_trained_weights(pretrained, soma_ckpt, device='cpu'):
-    """``{layer: W_res + s * B @ A}`` of an HFVisionBackbone SoMA checkpoint, full (with the
-    residual weights) or adapter-only (``W_res`` rebuilt by the SoMA initialisation on the
-    folder's weights with the recorded adapter config), folded by ``soma.peft``."""
-    from soma.apis.checkpoint import (BACKBONE_PREFIX, LORA_A, LORA_B, _adapted_layers,
-                                      _check_layer_sets, _residual_weights, _soma_config,
-                                      _soma_model, checkpoint_semantics,
-                                      load_soma_checkpoint_file)
-    from soma.models.backbones.hf_vision import HF_MODEL_PREFIX
-    from soma.peft.config import META_KEY, SEMANTICS_RESIDUAL
-    from soma.utils.checkpoint_io import CheckpointError, get_state_dict
-    ckpt = load_soma_checkpoint_file(soma_ckpt)
-    state_dict = get_state_dict(ckpt)
-    layers = {n: r for n, r in _adapted_layers(state_dict).items()
-              if n.startswith(HF_MODEL_PREFIX)}
-    if not layers:
-        raise CheckpointError(f'SoMA checkpoint: no {BACKBONE_PREFIX}{HF_MODEL_PREFIX}...'
-                              f'{LORA_A[1:]} keys: not a SoMA checkpoint of an HFVisionBackbone')
-    soma_meta = ((ckpt.get('meta') or {}) if 'state_dict' in ckpt else {}).get(META_KEY) or {}
-    if not (soma_meta.get('lora_cfg') or soma_meta.get('config')):
-        raise CheckpointError(f"SoMA checkpoint: records no adapter config in meta"
-                              f"['{META_KEY}'] (needed for the scale of an HF backbone)")
-    missing = [n for n in layers if f'{n}.weight' not in pretrained]
-    if missing:
-        raise CheckpointError(f'SoMA checkpoint: adapts {missing[0]}, which the transformers '
-                              f'folder does not have (another model?)')
-    rebuild = {n: r for n, r in layers.items() if f'{BACKBONE_PREFIX}{n}.weight' not in state_dict}
-    if rebuild and checkpoint_semantics(ckpt) != SEMANTICS_RESIDUAL:
-        rebuild = {}  # 'release' semantics: the stored weight is the pretrained one
-    residual = _residual_weights(pretrained, rebuild, soma_meta, device)
-    weights, layer_sd = {}, {}
-    for name in layers:
-        key = f'{BACKBONE_PREFIX}{name}'
-        weight = state_dict.get(f'{key}.weight', residual.get(f'{name}.weight'))
-        if weight is None:
-            weight = pretrained[f'{name}.weight']
-        bias = state_dict.get(f'{key}.bias', pretrained.get(f'{name}.bias'))
-        weights[name] = (weight.float(), None if bias is None else bias.float())
-        layer_sd[f'{name}.weight'] = weight.float()
-        if bias is not None:
-            layer_sd[f'{name}.bias'] = bias.float()
-        for suffix in (LORA_A, LORA_B):
-            layer_sd[name + suffix] = state_dict[key + suffix].float()
-    soma_model = _soma_model(weights, _soma_config(soma_meta, layers), init=False)
-    _check_layer_sets(soma_model.adapted_layers(), layers, 'SoMA checkpoint')
-    soma_model.model.load_state_dict(layer_sd, strict=True)
-    plain = soma_model.merge_and_unload().state_dict()
-    return {name: plain[f'{name}.weight'] for name in layers}
-
-
-def analyze_spectrum(converted, soma_ckpt=None, r=16, out_dir='work_dirs/spectrum',
-                     target_modules=None, progress=True, device='cpu'):
+def analyze_spectrum(converted, soma_ckpt=None, r: int = 16, out_dir='work_dirs/spectrum',
+                     target_modules=None, progress: bool = True, device='cpu'
+                     ) -> Dict[str, str]:
     """Compute the spectra, write CSVs and PNGs to ``out_dir``; returns the output paths.
 
     ``converted``: converted DINOv2 file (or state dict), a transformers folder, or a config
     with an HFVisionBackbone on one (see the module docstring); ``soma_ckpt``: an adapter (or
     full) SoMA checkpoint whose effective trained weights are analysed too, folded with the
-    scale :func:`soma.apis.checkpoint.fold_adapters` uses (the recorded adapter config; for a
+    scale :func:`soma.checkpoints.fold_adapters` uses (the recorded adapter config; for a
     released DINOv2 checkpoint without one, the release's ``lora_alpha = r``, see
-    :func:`soma.apis.checkpoint.release_adapter_config`). ``target_modules``: default the
+    :func:`soma.checkpoints.release_adapter_config`). ``target_modules``: default the
     backbone's (DINOv2: ``q, k, v, proj, fc1, fc2``; HF: every linear of the family).
     """
-    from soma.apis.checkpoint import (PLAIN_BACKBONE_PREFIX, _adapted_layers,
-                                      _backbone_state_dict, fold_adapters, merge_soma_weights)
-    folder = None if isinstance(converted, dict) else _hf_folder_of(converted)
-    trained = None
+    folder = hf_folder_of(converted)
     if folder is not None:
-        from soma.models.backbones.hf_vision import hf_backbone_weights
         backbone, family = hf_backbone_weights(folder)
         layers_pattern = family.layers_pattern
         target_modules = target_modules or list(family.target_modules)
-        if soma_ckpt is not None:
-            trained = _hf_trained_weights(backbone, soma_ckpt, device)
     else:
-        backbone, layers_pattern = _backbone_state_dict(converted), 'blocks'
+        backbone = read_converted_backbone(converted)
+        layers_pattern = DinoVisionTransformer.layers_pattern
         target_modules = target_modules or DEFAULT_TARGET_MODULES
-        if soma_ckpt is not None:
-            merged = merge_soma_weights(backbone, soma_ckpt, device=device)
-            adapted = _adapted_layers(merged['state_dict'])
-            folded = fold_adapters(merged)['state_dict']
-            trained = {n: folded[f'{PLAIN_BACKBONE_PREFIX}{n}.weight'] for n in adapted}
+    trained = None
+    if soma_ckpt is not None:
+        merged = merge_soma_weights(backbone, soma_ckpt, device=device)
+        folded = fold_adapters(merged)['state_dict']
+        trained = {n: folded[f'{BACKBONE_PREFIX}{n}.weight']
+                   for n in adapter_ranks(merged['state_dict'])}
     rows, spectra = layer_spectra(backbone, r, target_modules, trained, progress,
                                   layers_pattern)
     blocks = block_rows(rows, spectra, r)

@@ -6,29 +6,36 @@
 
 The checkpoint is read with ``soma.utils.checkpoint_io`` (weights-only; ``.pth`` or
 ``.safetensors``) and checked against the model built from the config before it is loaded
-(:func:`soma.apis.checkpoint.load_soma_checkpoint`: one-line errors for a checkpoint of
+(:func:`soma.checkpoints.load_soma_checkpoint`: one-line errors for a checkpoint of
 another architecture, resolution or adapter rank). ``--backbone``: an adapter/head-only
 checkpoint (a released ``soma_dinov2-L_*_best.pth`` or one extracted from this project) is
 merged with the converted backbone (its keys go under ``backbone.model.``) when loaded,
 respecting the adapter semantics it records; for an ``HFVisionBackbone`` the converted
 backbone is the transformers folder of the config (``model=<folder>``). A detector checkpoint
 in the release's legacy Co-DETR key names (``soma_dinov2-L_dgod_best.pth``) is renamed on load
-(:mod:`soma.apis.legacy_keys`). ``--show-dir``: coloured predictions (next to
+(:mod:`soma.checkpoints.legacy_codetr`). ``--show-dir``: coloured predictions (next to
 the ground truth) are written under ``DIR/vis_data/vis_image/`` (segmentation) or to
 ``DIR`` (detection). ``--out``: predicted label maps as PNG files in ``DIR`` (segmentation)
 or a ``.pkl`` of the results (detection). ``--amp``: the test runs under autocast, bfloat16
 where supported, else float16 (:func:`soma.apis.launch.amp_autocast`).
 """
 import argparse
+from typing import List, Optional, Union
 
-from soma.apis.launch import (amp_autocast, check_data_roots, load_config, run_cli, set_work_dir,
-                              setup_launcher)
+from mmdet.evaluation import DumpDetResults
+from mmengine.config import Config, DictAction
+from mmengine.model import is_model_wrapper
+from mmengine.runner import Runner
+
+from soma.apis.launch import (amp_autocast, check_data_roots, leaf_datasets, load_config,
+                              run_cli, set_work_dir, setup_launcher)
+from soma.checkpoints import load_soma_checkpoint
 
 __all__ = ['parse_args', 'build_test_config', 'test', 'main']
 
 
-def parse_args(argv=None):
-    from mmengine.config import DictAction
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The command line of ``tools/test.py``."""
     parser = argparse.ArgumentParser(description='Test a SoMA segmentor/detector')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file (full, or adapter+head with '
@@ -57,18 +64,10 @@ def _is_det(cfg):
     return cfg.get('default_scope') == 'mmdet'
 
 
-def _leaf_datasets(dataset):
-    if 'datasets' in dataset:
-        return [leaf for d in dataset['datasets'] for leaf in _leaf_datasets(d)]
-    if 'dataset' in dataset:
-        return _leaf_datasets(dataset['dataset'])
-    return [dataset]
-
-
 def _enable_tta(cfg, config_path):
     if not cfg.get('tta_model') or not cfg.get('tta_pipeline'):
         raise ValueError(f'{config_path}: --tta needs tta_model and tta_pipeline in the config')
-    for dataset in _leaf_datasets(cfg.test_dataloader.dataset):
+    for dataset in leaf_datasets(cfg.test_dataloader.dataset):
         dataset['pipeline'] = cfg.tta_pipeline
     cfg.tta_model.module = cfg.model
     cfg.model = cfg.tta_model
@@ -90,7 +89,7 @@ def _enable_visualization(cfg, args, config_path):
             cfg.visualizer['save_dir'] = args.show_dir
 
 
-def build_test_config(args):
+def build_test_config(args: argparse.Namespace) -> Config:
     """The Config to test with from the parsed arguments (no Runner yet)."""
     cfg = load_config(args.config, args.cfg_options, args.launcher)
     set_work_dir(cfg, args.work_dir)
@@ -110,12 +109,8 @@ def build_test_config(args):
     return cfg
 
 
-def test(args):
+def test(args: Union[argparse.Namespace, List[str]]) -> dict:
     """Build the Runner, load the checkpoint (merged with ``--backbone``), test; return metrics."""
-    from mmengine.model import is_model_wrapper
-    from mmengine.runner import Runner
-
-    from soma.apis.checkpoint import load_soma_checkpoint
     if not isinstance(args, argparse.Namespace):
         args = parse_args(args)
     cfg = build_test_config(args)
@@ -129,11 +124,11 @@ def test(args):
     runner.logger.info(f'loaded {args.checkpoint}'
                        + (f' merged with the backbone {args.backbone}' if args.backbone else ''))
     if args.out and _is_det(cfg):
-        from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
     with amp_autocast(getattr(args, 'amp', False)):
         return runner.test()
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> int:
+    """``tools/test.py``: test, one-line errors, exit code."""
     return run_cli(test, parse_args(argv))

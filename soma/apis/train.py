@@ -17,6 +17,12 @@ Without the flag the configured learning rate is used as is. ``--amp``: bfloat16
 import argparse
 import logging
 import os.path as osp
+from typing import List, Optional, Union
+
+from mmengine.config import Config, DictAction
+from mmengine.logging import print_log
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
 
 from soma.apis.launch import (check_data_roots, enable_amp, load_config, run_cli, set_work_dir,
                               setup_launcher)
@@ -24,8 +30,8 @@ from soma.apis.launch import (check_data_roots, enable_amp, load_config, run_cli
 __all__ = ['parse_args', 'build_train_config', 'train', 'main']
 
 
-def parse_args(argv=None):
-    from mmengine.config import DictAction
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The command line of ``tools/train.py``."""
     parser = argparse.ArgumentParser(description='Train a segmentor/detector with SoMA')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
@@ -46,9 +52,8 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def build_train_config(args):
+def build_train_config(args: argparse.Namespace) -> Config:
     """The Config to train from the parsed arguments (no Runner yet)."""
-    from mmengine.logging import print_log
     cfg = load_config(args.config, args.cfg_options, args.launcher)
     set_work_dir(cfg, args.work_dir)
     if args.amp:
@@ -74,10 +79,8 @@ def build_train_config(args):
     return cfg
 
 
-def train(args):
+def train(args: Union[argparse.Namespace, List[str]]) -> Runner:
     """Build the Runner from ``args`` (a Namespace or an argv list) and train; return it."""
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
     if not isinstance(args, argparse.Namespace):
         args = parse_args(args)
     cfg = build_train_config(args)
@@ -87,5 +90,6 @@ def train(args):
     return runner
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> int:
+    """``tools/train.py``: train, one-line errors, exit code."""
     return run_cli(train, parse_args(argv))

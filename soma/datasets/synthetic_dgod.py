@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 import cv2
 import numpy as np
 
-from soma.utils.checkpoint_io import atomic_output
+from soma.utils.atomic import atomic_output
 
 CLASSES = ('bus', 'bike', 'car', 'motor', 'person', 'rider', 'truck')
 DOMAINS = ('daytime_clear', 'Night-Sunny', 'dusk_rainy', 'night_rainy', 'daytime_foggy')

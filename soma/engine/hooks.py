@@ -1,16 +1,22 @@
-"""Hooks: weight-decay logging, loading a converted backbone, SoMA checkpoint metadata."""
+"""Hooks: weight-decay logging, loading a converted backbone, adapter checkpoint metadata."""
 import os
+from typing import List
 
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
+from torch import nn
 
+from soma.checkpoints import (adapter_contents, complete_checkpoint, load_backbone_weights,
+                              rename_legacy_codetr_checkpoint)
+from soma.models.adapters.base import BackboneAdapter
+from soma.models.peft_backbone import adapter_of
 from soma.registry import register_hook
 
 __all__ = ['WeightDecayLoggingHook', 'LoadBackboneHook', 'SoMAMetaHook', 'LegacyKeysHook',
            'unwrap_model']
 
 
-def unwrap_model(model):
+def unwrap_model(model: nn.Module) -> nn.Module:
     """The model inside a DDP/FSDP wrapper (or the model itself)."""
     return model.module if is_model_wrapper(model) else model
 
@@ -75,158 +81,57 @@ class LoadBackboneHook(Hook):
 
     Two moments, one meaning (the release's: the converted backbone completes a checkpoint):
 
-    * ``before_run``: the weights go into the backbone (its ``.model`` for SoMA, whose
-      adapters are then SVD-initialised on them: 'residual' semantics), before weight
-      initialisation (the backbone is marked initialised, so ``init_weights`` keeps it).
-      This is what a run that loads no checkpoint trains from.
+    * ``before_run``: the weights go into the backbone (under its adapter, whose inits then
+      run on them: SoMA's SVD gives 'residual' semantics, peft's PiSSA/OLoRA their residual),
+      before weight initialisation (the backbone is marked initialised, so ``init_weights``
+      keeps it). This is what a run that loads no checkpoint trains from.
     * ``after_load_checkpoint`` (``load_from`` / ``resume``; mmengine calls it before the
       state dict goes into the model): the converted keys the checkpoint lacks are put into
       it (and into its ``ema_state_dict``), so ``load_from=<adapter-only checkpoint>`` works
       as in the release. Keys already in the checkpoint win. The adapter's semantics are
-      honoured (:func:`soma.apis.checkpoint.merge_soma_weights`): for 'release' the adapted
-      weights are W_pretrained, for 'residual' they are rebuilt as W_res, on the model's
-      device. The loaded checkpoint then replaces everything ``before_run`` put in, so a
-      released adapter never sits on W_res.
+      honoured as the merge tool honours them
+      (:func:`soma.checkpoints.complete_checkpoint`), on the model's device. The loaded
+      checkpoint then replaces everything ``before_run`` put in, so a released adapter never
+      sits on W_res.
 
     Args:
-        checkpoint_path: the converted backbone (``.pth`` or ``.safetensors``); keys are plain
-            DINOv2 keys, optionally prefixed ``backbone.`` / ``backbone.model.``.
+        checkpoint_path: the converted backbone (``.pth`` / ``.safetensors``: plain DINOv2
+            keys, optionally prefixed ``backbone.`` / ``backbone.model.``; a transformers
+            folder for an HFVisionBackbone; :mod:`soma.checkpoints.backbone`).
         strict: raise when backbone weights are missing from the file or shapes differ.
     """
 
     priority = 'VERY_HIGH'  # before EMAHook (NORMAL) loads the checkpoint into its copy
 
-    def __init__(self, checkpoint_path, strict=True):
+    def __init__(self, checkpoint_path, strict: bool = True):
         self.checkpoint_path = os.fspath(checkpoint_path)
         self.strict = strict
 
-    def before_run(self, runner):
-        load_backbone_weights(unwrap_model(runner.model), self.checkpoint_path, self.strict,
-                              logger=runner.logger)
+    def before_run(self, runner) -> None:
+        """Load the converted backbone into the model's backbone."""
+        loaded = load_backbone_weights(unwrap_model(runner.model), self.checkpoint_path,
+                                       self.strict)
+        runner.logger.info(f'LoadBackboneHook: loaded {len(loaded)} backbone tensors from '
+                           f'{self.checkpoint_path}')
 
-    def after_load_checkpoint(self, runner, checkpoint):
-        insert_backbone_weights(unwrap_model(runner.model), checkpoint, self.checkpoint_path,
-                                self.strict, logger=runner.logger)
-
-
-def _strip_backbone_prefix(state_dict):
-    out = {}
-    for key, value in state_dict.items():
-        for prefix in ('module.', 'backbone.', 'model.'):
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-        out[key] = value
-    return out
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        """Complete the loaded checkpoint with the converted backbone (in place)."""
+        added = complete_checkpoint(unwrap_model(runner.model), checkpoint,
+                                    self.checkpoint_path, self.strict)
+        if added:
+            runner.logger.info(f'LoadBackboneHook: added {len(added)} backbone tensors from '
+                               f'{self.checkpoint_path} to the loaded checkpoint')
 
 
-def _backbone_target(model):
-    """``(module holding the DINOv2 keys, its key prefix in the model's state dict)``."""
-    backbone = model.backbone
-    if _is_soma(backbone):
-        from soma.apis.checkpoint import BACKBONE_PREFIX
-        return backbone.model, BACKBONE_PREFIX
-    return backbone, 'backbone.'
-
-
-def _converted_weights(target, checkpoint_path, strict):
-    """The converted file's tensors that fit ``target`` (plain keys); one-line errors."""
-    from soma.utils.checkpoint_io import CheckpointError, get_state_dict, load_checkpoint_file
-    state = _strip_backbone_prefix(get_state_dict(load_checkpoint_file(checkpoint_path)))
-    own = target.state_dict()
-    plain_own = {k for k in own if 'lora_' not in k}
-    common = plain_own & set(state)
-    if not common:
-        raise CheckpointError(
-            f'{checkpoint_path}: no key fits the backbone {type(target).__name__} '
-            f'(e.g. file key {next(iter(state), None)!r}, backbone key {next(iter(own), None)!r})')
-    for key in sorted(common):
-        if tuple(state[key].shape) != tuple(own[key].shape):
-            raise CheckpointError(
-                f'{checkpoint_path}: {key} has shape {tuple(state[key].shape)}, the backbone '
-                f'expects {tuple(own[key].shape)} (another architecture or input size?)')
-    missing = sorted(plain_own - set(state))
-    if strict and missing:
-        raise CheckpointError(f'{checkpoint_path}: {len(missing)} backbone weights are missing, '
-                              f'e.g. {missing[0]}')
-    return {k: state[k] for k in sorted(common)}
-
-
-def load_backbone_weights(model, checkpoint_path, strict=True, logger=None):
-    """Load a converted backbone checkpoint into ``model.backbone`` (its ``.model`` for SoMA).
-
-    Raises ``FileNotFoundError``/``CheckpointError``/``ValueError`` with one line naming the
-    file and the first offending key.
-    """
-    target, _ = _backbone_target(model)
-    weights = _converted_weights(target, checkpoint_path, strict)
-    target.load_state_dict(weights, strict=False)
-    if hasattr(target, 'is_init'):
-        target.is_init = True  # mmengine's flag: init_weights() must not overwrite these weights
-    if logger is not None:
-        logger.info(f'LoadBackboneHook: loaded {len(weights)} backbone tensors from '
-                    f'{checkpoint_path}')
-    return sorted(weights)
-
-
-def insert_backbone_weights(model, checkpoint, checkpoint_path, strict=True, logger=None):
-    """Complete ``checkpoint`` (a dict about to be loaded into ``model``) in place.
-
-    The converted backbone's keys that ``checkpoint['state_dict']`` lacks are added under the
-    model's backbone prefix, and under ``module.`` in ``ema_state_dict`` when there is one.
-    With SoMA adapter keys in the checkpoint, the values come from
-    :func:`soma.apis.checkpoint.merge_soma_weights` (W_pretrained for 'release', W_res
-    rebuilt for 'residual'). Returns the added state-dict keys.
-    """
-    from soma.apis.checkpoint import EMA_PREFIX, merge_soma_weights
-    from soma.peft.config import ADAPTER_KEYWORD
-    from soma.utils.checkpoint_io import EMA_STATE_DICT
-    target, prefix = _backbone_target(model)
-    state_dict = checkpoint['state_dict'] if 'state_dict' in checkpoint else checkpoint
-    ema = checkpoint.get(EMA_STATE_DICT) if 'state_dict' in checkpoint else None
-    ema = ema if isinstance(ema, dict) else None
-    wanted = [prefix + k for k in target.state_dict() if ADAPTER_KEYWORD not in k]
-    if all(k in state_dict for k in wanted) and (
-            ema is None or all(EMA_PREFIX + k in ema for k in wanted)):
-        return []  # a full checkpoint (e.g. resume): nothing to add
-    weights = _converted_weights(target, checkpoint_path, strict)
-    full = {prefix + k: v for k, v in weights.items()}
-    full_ema = {EMA_PREFIX + k: v for k, v in full.items()}
-    if prefix != 'backbone.' and any(k.startswith(prefix) and ADAPTER_KEYWORD in k
-                                     for k in state_dict):
-        device = next(target.parameters()).device
-        merged = merge_soma_weights(checkpoint_path, checkpoint, device=device)
-        full = {k: v for k, v in merged['state_dict'].items() if k in full}
-        full_ema = {k: v for k, v in merged.get(EMA_STATE_DICT, full_ema).items()
-                    if k in full_ema}
-    added = [k for k in full if k not in state_dict]
-    for key in added:
-        state_dict[key] = full[key]
-    if ema is not None:
-        for key, value in full_ema.items():
-            ema.setdefault(key, value)
-    if logger is not None and added:
-        logger.info(f'LoadBackboneHook: added {len(added)} backbone tensors from '
-                    f'{checkpoint_path} to the loaded checkpoint')
-    return added
-
-
-def _is_soma(backbone):
-    try:
-        from soma.peft import SoMAModel
-    except ImportError:
-        return False
-    return isinstance(backbone, SoMAModel)
-
-
-def _soma_backbones(runner):
-    """The SoMA backbone of the runner's model and those of its EMA copies (``EMAHook``)."""
+def _adapters(runner) -> List[BackboneAdapter]:
+    """The backbone adapter of the runner's model and those of its EMA copies (``EMAHook``)."""
     models = [unwrap_model(runner.model)]
     for hook in runner.hooks:
         ema = getattr(hook, 'ema_model', None)
         if ema is not None:
             models.append(unwrap_model(getattr(ema, 'module', ema)))
-    backbones = [getattr(m, 'backbone', None) for m in models]
-    return [b for b in backbones if b is not None and _is_soma(b)]
+    adapters = [adapter_of(m.backbone) for m in models if hasattr(m, 'backbone')]
+    return [a for a in adapters if a is not None]
 
 
 @register_hook
@@ -235,15 +140,15 @@ class LegacyKeysHook(Hook):
 
     ``load_from``/``resume`` of a released detector checkpoint (``soma_dinov2-L_dgod_best.pth``
     or any checkpoint of the release's Co-DETR) go through mmengine's loader, not through
-    :func:`soma.apis.checkpoint.load_soma_checkpoint_file`: this hook applies the same rules
-    (:mod:`soma.apis.legacy_keys`) in ``after_load_checkpoint``, in place and before every
-    other hook (EMAHook, LoadBackboneHook) reads the checkpoint. A no-op on our own layout.
+    :func:`soma.checkpoints.load_soma_checkpoint_file`: this hook applies the same rules
+    (:mod:`soma.checkpoints.legacy_codetr`) in ``after_load_checkpoint``, in place and before
+    every other hook (EMAHook, LoadBackboneHook) reads the checkpoint. A no-op on our layout.
     """
 
     priority = 'HIGHEST'
 
-    def after_load_checkpoint(self, runner, checkpoint):
-        from soma.apis.legacy_keys import rename_legacy_codetr_checkpoint
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        """Rename the release's Co-DETR keys of ``checkpoint`` in place."""
         renamed = rename_legacy_codetr_checkpoint(checkpoint, 'the loaded checkpoint')
         if renamed is not checkpoint:
             checkpoint.update(renamed)
@@ -251,58 +156,42 @@ class LegacyKeysHook(Hook):
 
 @register_hook
 class SoMAMetaHook(Hook):
-    """SoMA metadata of checkpoints, both ways.
+    """Adapter metadata of checkpoints, both ways, for whatever adapter the backbone has.
 
-    * ``before_save_checkpoint``: ``checkpoint['meta']['soma']`` = the backbone's
-      ``checkpoint_meta()`` (semantics and adapter config); for a backbone adapted by
-      ``peft`` (``peft_cfg``), ``checkpoint['meta']['peft']`` = its adapter's
-      ``checkpoint_meta()`` (the resolved peft config, start block, base-weight semantics,
-      trained keys), so the extract/merge/fold tools rebuild the adapter from the file alone.
+    * ``before_save_checkpoint``: ``checkpoint['meta'][adapter.meta_key]`` = the adapter's
+      ``checkpoint_meta()``: ``meta['soma']`` (semantics and adapter config) for SoMA,
+      ``meta['peft']`` (the resolved peft config, start block, base-weight semantics, trained
+      keys) for a ``peft_cfg`` backbone, so the extract/merge/fold tools rebuild the adapter
+      from the file alone.
     * ``after_load_checkpoint`` (``load_from`` / ``resume``, before the state dict goes into
-      the model): when the checkpoint carries the adapted weights of the backbone (weight and
-      ``lora_A`` of a layer), the backbone takes the checkpoint's semantics
-      (:func:`soma.apis.checkpoint.checkpoint_semantics`, no meta: 'release'), and so do the
-      EMA copies: fine-tuning from a merged released model keeps writing 'release'. An
-      adapter-only checkpoint (no weights) whose semantics differ from the model's is
-      refused: a released adapter would compute W_res + s*B@A (merge it first, or add
-      ``LoadBackboneHook``, which runs earlier and completes it with W_pretrained).
+      the model): when the checkpoint holds the backbone's adapter keys, the adapters of the
+      model and of its EMA copies adopt what its meta says
+      (:meth:`~soma.models.adapters.base.BackboneAdapter.adopt_checkpoint`): a SoMA model
+      takes the semantics of a checkpoint carrying the adapted weights (fine-tuning from a
+      merged released model keeps writing 'release') and refuses an adapter-only checkpoint
+      of other semantics (a released adapter would compute W_res + s*B@A: merge it first, or
+      add ``LoadBackboneHook``, which runs earlier and completes it).
     """
 
     priority = 'VERY_LOW'
 
-    def before_save_checkpoint(self, runner, checkpoint):
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        """Record the adapter's ``checkpoint_meta()`` under its meta key."""
         backbone = getattr(unwrap_model(runner.model), 'backbone', None)
-        if backbone is None:
-            return
-        from soma.models.peft_backbone import peft_adapter_of
-        adapter = peft_adapter_of(backbone)
+        adapter = adapter_of(backbone) if backbone is not None else None
         if adapter is not None:
-            from soma.peft.peft_adapters import PEFT_META_KEY
-            checkpoint.setdefault('meta', {})[PEFT_META_KEY] = adapter.checkpoint_meta()
-            return
-        if not _is_soma(backbone):
-            return
-        from soma.peft.config import META_KEY
-        checkpoint.setdefault('meta', {})[META_KEY] = backbone.checkpoint_meta()
+            checkpoint.setdefault('meta', {})[adapter.meta_key] = adapter.checkpoint_meta()
 
-    def after_load_checkpoint(self, runner, checkpoint):
-        backbones = _soma_backbones(runner)
-        if not backbones:
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        """Let the adapters adopt (or refuse) the loaded checkpoint's meta."""
+        adapters = _adapters(runner)
+        if not adapters:
             return
-        from soma.apis.checkpoint import adapted_layers_in, checkpoint_semantics
-        from soma.utils.checkpoint_io import CheckpointError
-        has_adapters, has_weights = adapted_layers_in(checkpoint, backbones[0].adapted_layers())
+        has_adapters, has_weights = adapter_contents(checkpoint, adapters[0])
         if not has_adapters:
             return
-        semantics, current = checkpoint_semantics(checkpoint), backbones[0].semantics
-        if has_weights:
-            for backbone in backbones:
-                backbone.semantics = semantics
-            runner.logger.info(f'SoMAMetaHook: the loaded checkpoint carries adapted weights '
-                               f'of {semantics!r} semantics; the checkpoints written say so')
-        elif semantics != current:
-            raise CheckpointError(
-                f'the loaded checkpoint holds adapters of {semantics!r} semantics but no '
-                f'backbone weights, while the model\'s weights are of {current!r} semantics: '
-                f'merge it with the converted backbone first (tools/merge_soma_weights.py) or '
-                f"add dict(type='LoadBackboneHook', checkpoint_path=CONVERTED) to custom_hooks")
+        meta = checkpoint.get('meta') if isinstance(checkpoint.get('meta'), dict) else {}
+        for adapter in adapters:
+            message = adapter.adopt_checkpoint(meta.get(adapter.meta_key), has_weights)
+        if message:
+            runner.logger.info(f'SoMAMetaHook: {message}')

@@ -13,32 +13,24 @@ layer with ``merge()``) are merged the same way: peft's own ``merge()``, then th
 layer's parameters (weight, and the bias ``lora_bias`` changes) copied back, the layer
 marked unmerged and the caches its merge added (DoRA's weight norm) dropped.
 """
-import torch
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
+from torch import nn
 
 from soma.engine.hooks import unwrap_model
-from soma.peft.layer import SoMALinear
+from soma.models.peft_backbone import adapter_of
 from soma.registry import register_hook
 
 __all__ = ['MergeAdaptersHook']
-
-
-def _is_peft_layer(module):
-    """A layer of a ``peft`` adapter that wraps a base layer and can merge into it."""
-    try:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-    except ImportError:
-        return False
-    return (isinstance(module, BaseTunerLayer) and hasattr(module, 'base_layer')
-            and hasattr(module, 'merge'))
 
 
 @register_hook
 class MergeAdaptersHook(Hook):
     """Merge the adapters for the validation / test loop, restore the exact weights after.
 
-    ``custom_hooks = [dict(type='MergeAdaptersHook')]``. Layers already merged (e.g. with
+    ``custom_hooks = [dict(type='MergeAdaptersHook')]``. Every adapted backbone in the model
+    (found through the adapter interface, :func:`soma.models.peft_backbone.adapter_of`) is
+    merged by its adapter's ``merge_in_place``; layers already merged (e.g. with
     ``merge_weights=True`` in eval mode) are left alone.
 
     Order with ``EMAHook`` (priority NORMAL), which copies the EMA weights into the model in
@@ -54,47 +46,28 @@ class MergeAdaptersHook(Hook):
 
     priority = 'LOW'
 
-    def __init__(self, on_val=True, on_test=True):
+    def __init__(self, on_val: bool = True, on_test: bool = True):
         self.on_val = bool(on_val)
         self.on_test = bool(on_test)
-        self._saved = []
+        self._restore = []
 
-    def merge(self, model):
-        """Merge every unmerged ``SoMALinear`` and peft tuner layer of ``model``, keeping the
-        weights they change; the count."""
-        if self._saved:
+    def merge(self, model: nn.Module) -> int:
+        """Merge the adapters of every adapted backbone of ``model``, keeping the weights they
+        change; the number of adapted layers."""
+        if self._restore:
             raise RuntimeError('MergeAdaptersHook: adapters are already merged (restore first)')
-        layers = [m for m in unwrap_model(model).modules()
-                  if (isinstance(m, SoMALinear) or _is_peft_layer(m)) and not m.merged]
-        with torch.no_grad():
-            for layer in layers:
-                if isinstance(layer, SoMALinear):
-                    self._saved.append((layer, layer.weight.detach().clone()))
-                else:
-                    params = dict(layer.get_base_layer().named_parameters(recurse=False))
-                    saved = {n: p.detach().clone() for n, p in params.items()}
-                    caches = set(getattr(layer, '_caches', {}))
-                    self._saved.append((layer, (params, saved, caches)))
-                layer.merge()
-        return len(layers)
+        adapters = [a for a in map(adapter_of, unwrap_model(model).modules()) if a is not None]
+        for adapter in adapters:
+            self._restore.append(adapter.merge_in_place())
+        return sum(len(a.adapted_layers()) for a in adapters)
 
-    def restore(self):
+    def restore(self) -> None:
         """Put back the weights kept by :meth:`merge` (bit-exact) and mark them unmerged."""
-        with torch.no_grad():
-            for layer, weight in self._saved:
-                if isinstance(layer, SoMALinear):
-                    layer.weight.copy_(weight)
-                    layer.merged = False
-                    continue
-                params, saved, caches = weight
-                for name, param in params.items():
-                    param.copy_(saved[name])
-                layer.merged_adapters = []
-                for key in set(getattr(layer, '_caches', {})) - caches:
-                    layer._caches.pop(key)
-        self._saved = []
+        for restore in self._restore:
+            restore()
+        self._restore = []
 
-    def _before(self, runner, loop, dataloader):
+    def _before(self, runner, loop: str, dataloader) -> None:
         if len(dataloader) == 0:
             return
         count = self.merge(runner.model)
@@ -102,7 +75,7 @@ class MergeAdaptersHook(Hook):
                   logger='current')
 
     def _restore_after_last(self, dataloader, batch_idx):
-        if self._saved and batch_idx == len(dataloader) - 1:
+        if self._restore and batch_idx == len(dataloader) - 1:
             self.restore()
 
     def before_val_epoch(self, runner):

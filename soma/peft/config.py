@@ -19,7 +19,8 @@ from typing import List, Optional, Union
 __all__ = [
     'SoMAConfig', 'SoraConfig', 'DEFAULT_TARGET_MODULES', 'ALWAYS_FROZEN_KEYWORDS',
     'TRAINABLE_TOKEN_KEYWORDS', 'ADAPTER_KEYWORD', 'WRAPPED_MODEL_ATTR', 'META_KEY',
-    'SEMANTICS_RESIDUAL', 'SEMANTICS_RELEASE', 'RANK_RAMP_STARTS', 'parse_init',
+    'SEMANTICS_RESIDUAL', 'SEMANTICS_RELEASE', 'RANK_RAMP_STARTS', 'DEFAULT_START_LORA_IDX',
+    'DEFAULT_LAYERS_PATTERN', 'parse_init',
     'is_random_init', 'RANDOM_SEED'
 ]
 
@@ -39,6 +40,11 @@ SEMANTICS_RESIDUAL = 'residual'  # stored weight = W_res = W - s*B@A (this proje
 SEMANTICS_RELEASE = 'release'  # stored weight = W_pretrained, plus B@A (original release)
 # rank_ramp: rank r below 12, 2r from 12, 4r from 16, 8r from 20
 RANK_RAMP_STARTS = (12, 16, 20)
+# the release's first adapted block (blocks 0..7 of DINOv2-L stay frozen)
+DEFAULT_START_LORA_IDX = 8
+# the release's block container: DINOv2's ``blocks.<i>.`` (a backbone names its own, e.g.
+# DinoVisionTransformer.layers_pattern; this is the default of a lora_cfg that names none)
+DEFAULT_LAYERS_PATTERN = 'blocks'
 
 _TYPES = ('sora', 'soma')
 _BIAS_MODES = ('all', 'lora_only', 'none')
@@ -102,14 +108,14 @@ class SoMAConfig:
     lora_weight_init: str = 'sora'
     target_modules: Union[List[str], str] = field(
         default_factory=lambda: list(DEFAULT_TARGET_MODULES))
-    start_lora_idx: int = 8
+    start_lora_idx: int = DEFAULT_START_LORA_IDX
     rank_ramp: bool = False
     bias: str = 'all'
     merge_weights: bool = False
     fan_in_fan_out: bool = False
     modules_to_save: Optional[List[str]] = None
     svd_init_on: str = 'pretrained'
-    layers_pattern: Optional[str] = 'blocks'
+    layers_pattern: Optional[str] = DEFAULT_LAYERS_PATTERN
     enable_lora: InitVar[Optional[object]] = None
 
     def __post_init__(self, enable_lora=None):

@@ -43,13 +43,16 @@ Not carried: the ``mask_token`` (used only with token masks, never by segmentati
 import os
 import os.path as osp
 import re
-import tempfile
 from typing import Dict, Optional, Tuple
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from soma.utils.atomic import atomic_output_dir
+
 from .config import ADAPTER_KEYWORD
+from .layer import LORA_A, LORA_B
 from .model import SoMAModel, adapted_layers, block_index
 
 __all__ = ['PEFT_PREFIX', 'to_lora_config', 'export_peft_adapter', 'save_peft_adapter',
@@ -60,10 +63,14 @@ PEFT_PREFIX = 'base_model.model.'  # peft's key prefix in saved adapters
 ADAPTER_CONFIG_NAME = 'adapter_config.json'
 ADAPTER_WEIGHTS_NAME = 'adapter_model.safetensors'
 RESIDUAL_BASE_NAME = 'residual_base.safetensors'
+PEFT_FOLDER_FILES = (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, RESIDUAL_BASE_NAME)
+# peft's LoRA keys in a saved adapter: base_model.model.<layer>.lora_A.weight (SoMA's names)
+PEFT_LORA_A, PEFT_LORA_B = f'.{LORA_A}.weight', f'.{LORA_B}.weight'
+PEFT_BASE_BIAS = '.base_layer.bias'
 
 
 def _peft_matches(lora_config, model: nn.Module):
-    from peft.tuners.tuners_utils import check_target_module_exists
+    from peft.tuners.tuners_utils import check_target_module_exists  # peft: optional
     return {n for n, _ in model.named_modules()
             if n and check_target_module_exists(lora_config, n) is True}
 
@@ -74,7 +81,7 @@ def to_lora_config(soma_model: SoMAModel, rank_factor: int = 1, bias: str = 'non
     ``rank_factor``: every rank and ``lora_alpha`` times this (the scale stays), e.g. 2 for
     the rank-2r delta of :func:`export_peft_delta`. ``bias``: peft's bias mode.
     """
-    from peft import LoraConfig
+    from peft import LoraConfig  # peft: optional dependency
     config = soma_model.peft_config
     layers = adapted_layers(soma_model.model)
     rank_pattern = {re.escape(n): m.r * rank_factor for n, m in layers.items()
@@ -108,41 +115,25 @@ def export_peft_adapter(soma_model: SoMAModel
     lora_config = to_lora_config(soma_model)
     adapter = {}
     for name, layer in adapted_layers(soma_model.model).items():
-        adapter[f'{PEFT_PREFIX}{name}.lora_A.weight'] = layer.lora_A.weight.detach().clone()
-        adapter[f'{PEFT_PREFIX}{name}.lora_B.weight'] = layer.lora_B.weight.detach().clone()
+        adapter[f'{PEFT_PREFIX}{name}{PEFT_LORA_A}'] = layer.lora_A.weight.detach().clone()
+        adapter[f'{PEFT_PREFIX}{name}{PEFT_LORA_B}'] = layer.lora_B.weight.detach().clone()
     base = {k: v.detach().clone() for k, v in soma_model.model.state_dict().items()
             if ADAPTER_KEYWORD not in k}
     return lora_config, adapter, base
 
 
-def _save_tensors(tensors: Dict[str, torch.Tensor], path: str) -> None:
-    from safetensors.torch import save_file
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path), dir=osp.dirname(path))
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
-
-
-def _save_lora_config(lora_config, path: str) -> None:
-    with tempfile.TemporaryDirectory(prefix='.adapter_config', dir=osp.dirname(path)) as tmp:
-        lora_config.save_pretrained(tmp)  # peft's own json writer
-        os.replace(osp.join(tmp, ADAPTER_CONFIG_NAME), path)
-
-
 def _write_peft_folder(directory: str, lora_config, tensor_files: Dict[str, dict]
                        ) -> Dict[str, str]:
-    """``adapter_config.json`` plus one safetensors file per ``{file name: tensors}`` in
-    ``directory`` (each written atomically); ``{file name: path}``."""
-    os.makedirs(directory, exist_ok=True)
-    paths = {name: osp.join(directory, name) for name in (ADAPTER_CONFIG_NAME, *tensor_files)}
-    for name, tensors in tensor_files.items():
-        _save_tensors(tensors, paths[name])
-    _save_lora_config(lora_config, paths[ADAPTER_CONFIG_NAME])
-    return paths
+    """``adapter_config.json`` plus one safetensors file per ``{file name: tensors}``, written
+    as one folder that appears complete or not at all (an earlier export is replaced);
+    ``{file name: path}``."""
+    directory = os.fspath(directory)
+    names = (ADAPTER_CONFIG_NAME, *tensor_files)
+    with atomic_output_dir(directory, replaceable=PEFT_FOLDER_FILES) as tmp:
+        for name, tensors in tensor_files.items():
+            save_file({k: v.contiguous() for k, v in tensors.items()}, osp.join(tmp, name))
+        lora_config.save_pretrained(tmp)  # peft's own json writer: adapter_config.json
+    return {name: osp.join(directory, name) for name in names}
 
 
 def save_peft_adapter(soma_model: SoMAModel, directory: str) -> Dict[str, str]:
@@ -187,10 +178,10 @@ def export_peft_delta(soma_model: SoMAModel,
                                  f'{tuple(lora_b.shape)}, {tuple(lora_a.shape)}')
             lora_a = torch.cat([lora_a, lora_a0.to(lora_a)], dim=0)
             lora_b = torch.cat([lora_b, -lora_b0.to(lora_b)], dim=1)
-        adapter[f'{PEFT_PREFIX}{name}.lora_A.weight'] = lora_a.clone()
-        adapter[f'{PEFT_PREFIX}{name}.lora_B.weight'] = lora_b.clone()
+        adapter[f'{PEFT_PREFIX}{name}{PEFT_LORA_A}'] = lora_a.clone()
+        adapter[f'{PEFT_PREFIX}{name}{PEFT_LORA_B}'] = lora_b.clone()
         if layer.bias is not None:
-            adapter[f'{PEFT_PREFIX}{name}.base_layer.bias'] = layer.bias.detach().clone()
+            adapter[f'{PEFT_PREFIX}{name}{PEFT_BASE_BIAS}'] = layer.bias.detach().clone()
     return lora_config, adapter
 
 
@@ -204,15 +195,14 @@ def save_peft_delta(soma_model: SoMAModel, directory: str,
 
 def load_peft_adapter_weights(directory: str) -> Dict[str, Dict[str, torch.Tensor]]:
     """``{layer name: {'lora_A', 'lora_B'[, 'bias']}}`` of a peft folder (no peft needed)."""
-    from safetensors.torch import load_file
     path = osp.join(os.fspath(directory), ADAPTER_WEIGHTS_NAME)
     if not osp.isfile(path):
         raise FileNotFoundError(f'peft adapter folder: {path} not found')
     layers = {}
     for key, value in load_file(path).items():
         rest = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
-        for suffix, slot in (('.lora_A.weight', 'lora_A'), ('.lora_B.weight', 'lora_B'),
-                             ('.base_layer.bias', 'bias')):
+        for suffix, slot in ((PEFT_LORA_A, LORA_A), (PEFT_LORA_B, LORA_B),
+                             (PEFT_BASE_BIAS, 'bias')):
             if rest.endswith(suffix):
                 layers.setdefault(rest[:-len(suffix)], {})[slot] = value
     if not layers:

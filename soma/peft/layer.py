@@ -26,9 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import RANDOM_SEED, is_random_init, parse_init
-from .svd import _components64, random_components
+from .svd import components64, random_components
 
-__all__ = ['SoMALinear']
+__all__ = ['SoMALinear', 'LORA_A', 'LORA_B', 'adapter_dtype_for']
+
+# the names of a SoMALinear's two factors: state-dict keys <layer>.lora_A.weight (r x in)
+# and <layer>.lora_B.weight (out x r); every checkpoint key rule builds on these
+LORA_A = 'lora_A'
+LORA_B = 'lora_B'
 
 
 def adapter_dtype_for(weight_dtype: torch.dtype) -> torch.dtype:
@@ -134,7 +139,7 @@ class SoMALinear(nn.Linear):
         if self.random_components:
             u, s, vh = random_components(weight, self.r, RANDOM_SEED)
         else:
-            u, s, vh = _components64(weight, self.r, self.first_eigen, self.niter, generator)
+            u, s, vh = components64(weight, self.r, self.first_eigen, self.niter, generator)
         root = torch.sqrt(s.clamp_min(0) / self.scaling)
         lora_a = (root[:, None] * vh).to(self.lora_A.weight.dtype)
         lora_b = (u * root).to(self.lora_B.weight.dtype)
@@ -213,7 +218,7 @@ class SoMALinear(nn.Linear):
                               unexpected_keys, error_msgs):
         if self.merged:
             self.unmerge()
-        has_lora = any(prefix + f'lora_{x}.weight' in state_dict for x in 'AB')
+        has_lora = any(f'{prefix}{name}.weight' in state_dict for name in (LORA_A, LORA_B))
         has_weight = prefix + 'weight' in state_dict
         n_errors = len(error_msgs)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
@@ -226,5 +231,5 @@ class SoMALinear(nn.Linear):
             self.lora_initialized = False
             self.init_adapter()
             # hand the fresh adapters to the children's loading (no "missing key" reports)
-            state_dict[prefix + 'lora_A.weight'] = self.lora_A.weight.detach()
-            state_dict[prefix + 'lora_B.weight'] = self.lora_B.weight.detach()
+            state_dict[f'{prefix}{LORA_A}.weight'] = self.lora_A.weight.detach()
+            state_dict[f'{prefix}{LORA_B}.weight'] = self.lora_B.weight.detach()

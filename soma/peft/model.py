@@ -23,7 +23,8 @@ from typing import Dict, Optional, Union
 import torch
 from torch import nn
 
-from .config import (ADAPTER_KEYWORD, ALWAYS_FROZEN_KEYWORDS, SEMANTICS_RELEASE,
+from .config import (ADAPTER_KEYWORD, ALWAYS_FROZEN_KEYWORDS, DEFAULT_LAYERS_PATTERN,
+                     SEMANTICS_RELEASE,
                      SEMANTICS_RESIDUAL, TRAINABLE_TOKEN_KEYWORDS, WRAPPED_MODEL_ATTR,
                      SoMAConfig)
 from .layer import SoMALinear
@@ -38,7 +39,8 @@ def _as_config(config: Union[SoMAConfig, dict]) -> SoMAConfig:
     return config if isinstance(config, SoMAConfig) else SoMAConfig.from_dict(config)
 
 
-def block_index(name: str, layers_pattern: Optional[str] = 'blocks') -> Optional[int]:
+def block_index(name: str, layers_pattern: Optional[str] = DEFAULT_LAYERS_PATTERN
+                ) -> Optional[int]:
     """Block index i of a name inside ``<layers_pattern>.<i>.``, else None."""
     if layers_pattern is None:
         return None

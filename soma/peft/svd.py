@@ -35,7 +35,7 @@ from typing import Optional, Tuple
 
 import torch
 
-__all__ = ['minor_components', 'exact_svd_components', 'random_components']
+__all__ = ['minor_components', 'exact_svd_components', 'random_components', 'components64']
 
 _EPS64 = torch.finfo(torch.float64).eps
 # accept the Gram-matrix route when its estimated relative error on B@A is below this
@@ -114,7 +114,7 @@ def _gram(w: torch.Tensor, right: bool):
     half the work of a product; the rest is 0) and :func:`_partial_eigh` reads that triangle.
     """
     if w.device.type == 'cpu' and _scipy_linalg() is not None:
-        from scipy.linalg import blas
+        from scipy.linalg import blas  # scipy: optional, heavy (CPU fast path)
         a = w.numpy()  # C-ordered (m, n): its transpose is a Fortran-ordered (n, m) view
         # syrk(x, trans=0) = x @ x.T, syrk(x, trans=1) = x.T @ x, for x = a.T = w.T
         c = blas.dsyrk(1.0, a.T, trans=0 if right else 1, lower=0)
@@ -124,7 +124,7 @@ def _gram(w: torch.Tensor, right: bool):
 
 def _scipy_linalg():
     try:
-        import scipy.linalg
+        import scipy.linalg  # scipy: optional, heavy (CPU fast path)
         return scipy.linalg
     except ImportError:  # pragma: no cover - scipy is a dependency
         return None
@@ -208,7 +208,7 @@ def _randomized(w: torch.Tensor, r: int, first_eigen: bool, niter: int,
     return _ritz(w, basis, r, first_eigen, right)
 
 
-def _components64(weight: torch.Tensor, r: int, first_eigen: bool = False,
+def components64(weight: torch.Tensor, r: int, first_eigen: bool = False,
                   niter: Optional[int] = None, generator: Optional[torch.Generator] = None
                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Like :func:`minor_components`, float64 results (used by the layer)."""
@@ -234,5 +234,5 @@ def minor_components(weight: torch.Tensor, r: int, first_eigen: bool = False,
     iteration for minor components), seeded by ``generator`` (default: seed 0).
     Runs on the device of ``weight``.
     """
-    u, s, vh = _components64(weight, r, first_eigen, niter, generator)
+    u, s, vh = components64(weight, r, first_eigen, niter, generator)
     return u.float(), s.float(), vh.float()

@@ -9,19 +9,23 @@ unpickles anything else, so a checkpoint from an untrusted source cannot run cod
 Writers are atomic: data goes to a temporary file in the target folder, which is renamed
 onto the target only when writing succeeded, so a crash never leaves a half-written file.
 """
-import contextlib
 import json
 import os
 import os.path as osp
 import pickle
-import tempfile
 
 import numpy as np
 import torch
+from mmengine.logging.history_buffer import HistoryBuffer
+from numpy.core import multiarray  # numpy 2 keeps this path as an alias of numpy._core
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from soma.utils.atomic import atomic_output
 
 __all__ = [
     'CheckpointError', 'EMA_STATE_DICT', 'allow_mmengine_checkpoint_types',
-    'load_checkpoint_file', 'save_checkpoint_file', 'atomic_output', 'get_state_dict'
+    'load_checkpoint_file', 'save_checkpoint_file', 'get_state_dict'
 ]
 
 
@@ -30,7 +34,6 @@ class CheckpointError(ValueError):
 
 
 def _numpy_safe_globals():
-    from numpy.core import multiarray  # numpy 2 keeps this path as an alias of _core
     types = [np.ndarray, np.dtype]
     # register each function under both module paths: numpy 1 pickles name
     # numpy.core.multiarray, numpy 2 pickles name numpy._core.multiarray
@@ -50,7 +53,6 @@ def _history_buffer_method(obj, name):
     and so on; the real ``getattr`` would let a crafted file reach any attribute, so the
     pickle name ``__builtin__.getattr`` is bound to this narrow function instead.
     """
-    from mmengine.logging.history_buffer import HistoryBuffer
     # the statistics methods: public functions defined on HistoryBuffer itself
     allowed = {k for k, v in vars(HistoryBuffer).items() if callable(v) and not k.startswith('_')}
     owner_ok = obj is HistoryBuffer or isinstance(obj, HistoryBuffer)
@@ -62,7 +64,6 @@ def _history_buffer_method(obj, name):
 
 def allow_mmengine_checkpoint_types():
     """Allow-list the (data-only) types that mmengine 0.10 puts into checkpoints."""
-    from mmengine.logging.history_buffer import HistoryBuffer
     torch.serialization.add_safe_globals(
         [HistoryBuffer, (_history_buffer_method, '__builtin__.getattr'),
          (_history_buffer_method, 'builtins.getattr')] + _numpy_safe_globals())
@@ -141,7 +142,6 @@ def _corrupt_message(path, error):
 
 
 def _load_safetensors(path, map_location):
-    from safetensors import SafetensorError, safe_open
     device = 'cpu' if map_location is None or callable(map_location) else str(map_location)
     try:
         with safe_open(path, framework='pt', device=device) as f:
@@ -165,25 +165,6 @@ def _load_safetensors(path, map_location):
     return ckpt
 
 
-@contextlib.contextmanager
-def atomic_output(path):
-    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
-    path = os.fspath(path)
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.', suffix='.tmp', dir=folder)
-    os.close(fd)
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
-
-
 def save_checkpoint_file(obj, path):
     """Save atomically: torch format, or safetensors when ``path`` ends with it.
 
@@ -200,7 +181,6 @@ def save_checkpoint_file(obj, path):
 
 
 def _save_safetensors(obj, tmp):
-    from safetensors.torch import save_file
     tensors = {}
     for key, value in get_state_dict(obj).items():
         tensors[key] = value.detach().contiguous()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import soma  # noqa: F401
-from soma.apis import checkpoint as ck
+from soma import checkpoints as ck
 from soma.utils.checkpoint_io import load_checkpoint_file, save_checkpoint_file
 
 sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'tools'))

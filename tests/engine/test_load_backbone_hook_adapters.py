@@ -14,8 +14,8 @@ import torch
 from mmengine.runner import Runner
 
 import soma  # noqa: F401
-from soma.apis.checkpoint import extract_soma_weights
-from soma.apis.peft_checkpoint import merge_peft_weights
+from soma.checkpoints import extract_soma_weights
+from soma.checkpoints import merge_soma_weights as merge_peft_weights
 from soma.apis.demo import demo_config
 from soma.datasets import make_synthetic_dg_benchmark
 from soma.engine.hooks import LoadBackboneHook
@@ -99,8 +99,6 @@ def _assert_state_equals(model, expected):
     assert not different, different[:3]
 
 
-@pytest.mark.xfail(strict=True, reason='defect: LoadBackboneHook merges SoMA adapters only, a '
-                   'peft residual adapter gets W_pretrained (fixed by the one adapter interface)')
 @pytest.mark.parametrize('init', ['pissa', 'olora'])
 def test_a_peft_adapter_checkpoint_is_completed_as_the_merge_tool_does(data_root, converted,
                                                                        tmp_path, init):

@@ -181,7 +181,7 @@ def _released_adapter_file(cfg, path):
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
 
-    from soma.apis.checkpoint import is_adapter_key
+    from soma.checkpoints import is_adapter_key
     init_default_scope('mmseg')
     g = torch.Generator().manual_seed(3)
     sd = {k: v + 0.1 * torch.randn(v.shape, generator=g)
@@ -210,7 +210,7 @@ def _assert_state_equals(model, expected):
 
 
 def test_load_backbone_hook_with_a_released_adapter_then_resume(data_root, tmp_path):
-    from soma.apis.checkpoint import merge_soma_weights
+    from soma.checkpoints import merge_soma_weights
     converted, src = _converted_file(tmp_path)
     work = str(tmp_path / 'release')
     cfg = _hook_cfg(data_root, work, converted)
@@ -247,7 +247,7 @@ def test_load_backbone_hook_with_a_released_adapter_then_resume(data_root, tmp_p
 
 
 def test_load_backbone_hook_rebuilds_w_res_for_a_residual_adapter(data_root, tmp_path):
-    from soma.apis.checkpoint import extract_soma_weights, merge_soma_weights
+    from soma.checkpoints import extract_soma_weights, merge_soma_weights
     converted, src = _converted_file(tmp_path)
     # a SoMA run from the converted backbone (hook alone: residual), one real step
     first = _hook_cfg(data_root, str(tmp_path / 'first'), converted, lr=1e-3)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from transformers import Dinov2Config, Dinov2Model
 
 import soma  # noqa: F401  (registers the backbone)
-from soma.apis.convert_dinov2 import hf_dinov2_to_ours
+from soma.models.backbones.convert_dinov2 import hf_dinov2_to_ours
 from soma.models.backbones.dinov2 import ARCH_SETTINGS, DinoVisionTransformer
 from soma.registry import DET_MODELS, SEG_MODELS
 from soma.utils.checkpoint_io import save_checkpoint_file

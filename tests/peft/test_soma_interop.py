@@ -163,7 +163,7 @@ def test_extract_and_merge_tools_with_a_peft_folder(tmp_path):
     from _ckpt_fixtures import converted_backbone, head_state_dict
     from _tool_runner import tool_main
 
-    from soma.apis.checkpoint import merge_soma_weights
+    from soma.checkpoints import merge_soma_weights
     from soma.utils.checkpoint_io import load_checkpoint_file
     kw = dict(TINY_TOOLS)
     w_pre = converted_backbone(seed=4)

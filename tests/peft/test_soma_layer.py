@@ -120,8 +120,8 @@ def test_dropout_only_on_the_adapter_branch():
 
 def _count_svd(monkeypatch):
     calls = []
-    real = layer_mod._components64
-    monkeypatch.setattr(layer_mod, '_components64',
+    real = layer_mod.components64
+    monkeypatch.setattr(layer_mod, 'components64',
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     return calls
 

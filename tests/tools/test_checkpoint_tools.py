@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from soma.apis import checkpoint as ck
+from soma import checkpoints as ck
 from soma.utils.checkpoint_io import CheckpointError, load_checkpoint_file, save_checkpoint_file
 
 sys.path.insert(0, osp.dirname(__file__))

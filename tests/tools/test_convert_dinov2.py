@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from transformers import Dinov2Config, Dinov2Model
 
 import soma  # noqa: F401
-from soma.apis.convert_dinov2 import (convert_dinov2_checkpoint, convert_dinov2_state_dict,
+from soma.models.backbones.convert_dinov2 import (convert_dinov2_checkpoint, convert_dinov2_state_dict,
                                       hf_dinov2_to_ours)
 from soma.models.backbones.dinov2 import DinoVisionTransformer
 from soma.utils.checkpoint_io import CheckpointError, load_checkpoint_file, save_checkpoint_file

@@ -12,7 +12,7 @@ import torch
 from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
 import soma  # noqa: F401
-from soma.apis.convert_dinov3 import convert_dinov3_checkpoint
+from soma.models.backbones.convert_dinov3 import convert_dinov3_checkpoint
 from soma.models.backbones import HFVisionBackbone
 
 sys.path.insert(0, osp.dirname(__file__))

@@ -48,7 +48,7 @@ def _released_adapter(cfg, converted_sd):
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
 
-    from soma.apis.checkpoint import is_adapter_key
+    from soma.checkpoints import is_adapter_key
     init_default_scope('mmseg')
     sd = MODELS.build(copy.deepcopy(cfg.model)).state_dict()
     g = torch.Generator().manual_seed(3)

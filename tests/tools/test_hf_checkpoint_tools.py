@@ -22,7 +22,7 @@ import transformers
 import soma  # noqa: F401
 from soma.apis import test as test_api
 from soma.apis import train as train_api
-from soma.apis.checkpoint import extract_soma_weights, merge_soma_weights
+from soma.checkpoints import extract_soma_weights, merge_soma_weights
 from soma.apis.demo import demo_config
 from soma.apis.inference import init_model
 from soma.datasets import make_synthetic_dg_benchmark
@@ -195,7 +195,7 @@ def test_trained_hf_model_through_the_tools(folder, data_root, tmp_path, adapter
 @pytest.fixture(scope='module')
 def adapters(folder, tmp_path_factory):
     """Extracted adapters (SoMA, peft PiSSA) of fabricated trained HF backbones, on disk."""
-    from soma.models.peft_backbone import peft_adapter_of
+    from soma.models.peft_backbone import adapter_of
     out = {}
     for kind, adapter_cfg in ADAPTERS.items():
         backbone = wrap_backbone(HFVisionBackbone(model=folder, out_indices=(0, 1, 2, 3),
@@ -209,7 +209,7 @@ def adapters(folder, tmp_path_factory):
         state_dict = {'backbone.' + k: v for k, v in backbone.state_dict().items()}
         state_dict['decode_head.conv_seg.weight'] = torch.randn(19, 16, 1, 1)
         meta = ({'soma': backbone.checkpoint_meta()} if kind == 'soma'
-                else {'peft': peft_adapter_of(backbone).checkpoint_meta()})
+                else {'peft': adapter_of(backbone).checkpoint_meta()})
         full = {'state_dict': state_dict, 'meta': meta}
         path = str(tmp_path_factory.mktemp('adapter') / f'{kind}.pth')
         save_checkpoint_file(extract_soma_weights(full), path)
@@ -218,7 +218,7 @@ def adapters(folder, tmp_path_factory):
 
 
 def test_dgod_extract_keeps_the_same_hf_backbone_keys(adapters):
-    from soma.apis.checkpoint import extract_soma_dgod_weights
+    from soma.checkpoints import extract_soma_dgod_weights
     for path, full in adapters.values():
         adapter = load_checkpoint_file(path)
         assert set(extract_soma_dgod_weights(full)['state_dict']) == set(adapter['state_dict'])

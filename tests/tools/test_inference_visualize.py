@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from soma.apis import checkpoint as ck
+from soma import checkpoints as ck
 from soma.apis.inference import CITYSCAPES_PALETTE, colorize, inference_model, init_model
 from soma.utils.checkpoint_io import save_checkpoint_file
 

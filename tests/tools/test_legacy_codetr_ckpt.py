@@ -1,7 +1,7 @@
 """Co-DETR checkpoints in the release's (legacy mmcv) key layout load everywhere.
 
 A tiny SoMA Co-DETR's own state dict is rewritten into the release's names with the inverse
-of the nine rules of CODETR.md, written out here independently of soma.apis.legacy_keys.
+of the nine rules of CODETR.md, written out here independently of soma.checkpoints.legacy_codetr.
 That file must then load with no missing or unexpected key and predict exactly as the same
 weights under our names, through the API, tools/test.py (with and without --backbone),
 init_model, the merge tool and the DGOD extract tool.
@@ -18,9 +18,9 @@ from mmdet.structures import DetDataSample
 from mmengine.config import Config
 
 import soma  # noqa: F401  (registers everything)
-from soma.apis import checkpoint as ck
+from soma import checkpoints as ck
 from soma.apis import test as test_api
-from soma.apis.legacy_keys import rename_legacy_codetr_keys
+from soma.checkpoints import rename_legacy_codetr_keys
 from soma.registry import DET_MODELS
 from soma.utils.checkpoint_io import load_checkpoint_file, save_checkpoint_file
 

@@ -13,11 +13,11 @@ import torch
 from mmengine.config import Config
 
 import soma  # noqa: F401
-from soma.apis import checkpoint as ck
+from soma import checkpoints as ck
 from soma.models.backbones.dinov2 import DinoVisionTransformer
 from soma.models.peft_backbone import (init_soma_after_weights, merge_and_unload_backbone,
-                                       peft_adapter_of, wrap_backbone)
-from soma.peft.peft_adapters import build_peft_config, peft_cfg_of
+                                       adapter_of, wrap_backbone)
+from soma.models.adapters.peft_tuner import build_peft_config, peft_cfg_of
 from soma.utils.checkpoint_io import CheckpointError, load_checkpoint_file
 
 sys.path.insert(0, osp.dirname(__file__))
@@ -131,7 +131,7 @@ def test_trained_peft_model_through_the_tools(tmp_path, pretrained):
     # 1. meta['peft'] rebuilds the adapter config; SoMA's meta is absent
     meta = full['meta']['peft']
     assert 'soma' not in full['meta']
-    adapter = peft_adapter_of(trained_model.backbone)
+    adapter = adapter_of(trained_model.backbone)
     rebuilt = build_peft_config(meta['peft_cfg'], DinoVisionTransformer(**VIT))
     assert rebuilt.to_dict() == adapter.config.to_dict()
     assert meta['start_lora_idx'] == 2 and meta['base_weight'] == 'residual'
@@ -215,7 +215,7 @@ def _full_checkpoint(backbone):
     """What CheckpointHook + SoMAMetaHook write for a segmentor around ``backbone``."""
     state_dict = {'backbone.' + k: v for k, v in backbone.state_dict().items()}
     state_dict['decode_head.conv_seg.weight'] = torch.randn(19, 16, 1, 1)
-    meta = {'peft': peft_adapter_of(backbone).checkpoint_meta(), 'dataset_meta': {'c': [1]}}
+    meta = {'peft': adapter_of(backbone).checkpoint_meta(), 'dataset_meta': {'c': [1]}}
     return {'state_dict': state_dict, 'meta': meta}
 
 
@@ -263,7 +263,7 @@ def test_extract_merge_fold_each_init(kw, pretrained):
 def test_meta_config_round_trips_through_build_peft_config(pretrained):
     backbone = _adapted(lora(use_dora=True, init_lora_weights='olora', lora_dropout=0.1),
                         pretrained)
-    config = peft_adapter_of(backbone).config
+    config = adapter_of(backbone).config
     cfg = peft_cfg_of(config)
     assert cfg['type'] == 'LoraConfig' and cfg['layers_to_transform'] == [2, 3]
     assert cfg['target_modules'] == sorted(TARGETS) and 'peft_type' not in cfg

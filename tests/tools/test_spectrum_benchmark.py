@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from soma.apis import checkpoint as ck
+from soma import checkpoints as ck
 from soma.apis.spectrum import analyze_spectrum
 from soma.utils.checkpoint_io import save_checkpoint_file
 

@@ -85,7 +85,7 @@ def test_train_writes_checkpoints_and_metrics(trained):
 
 
 def test_test_full_checkpoint_then_adapter_only_with_backbone(trained, converted, tmp_path):
-    from soma.apis.checkpoint import extract_soma_weights
+    from soma.checkpoints import extract_soma_weights
     full = test_api.test([trained['config'], trained['ckpt'], '--work-dir', str(tmp_path / 'a'),
                           '--show-dir', str(tmp_path / 'vis'), '--out', str(tmp_path / 'out')])
     assert {'fog_mIoU', 'night_mIoU', 'mean_mIoU'} <= set(full)

@@ -9,7 +9,8 @@ import sys
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
 
-from soma.datasets.convert.common import default_nproc, run_cli  # noqa: E402
+from soma.datasets.convert.common import default_nproc  # noqa: E402
+from soma.utils.cli import run_cli  # noqa: E402
 from soma.datasets.convert.mapillary import convert_mapillary  # noqa: E402
 
 

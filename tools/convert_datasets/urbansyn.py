@@ -10,7 +10,8 @@ import sys
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
 
-from soma.datasets.convert.common import default_nproc, run_cli  # noqa: E402
+from soma.datasets.convert.common import default_nproc  # noqa: E402
+from soma.utils.cli import run_cli  # noqa: E402
 from soma.datasets.convert.urbansyn import convert_urbansyn  # noqa: E402
 
 

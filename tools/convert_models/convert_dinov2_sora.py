@@ -5,10 +5,13 @@
         [--kernel 16] [--height 512] [--width 512]
 
 PRETRAINED is the official ``dinov2_vit*14_pretrain.pth`` or a Hugging Face ``Dinov2Model``
-file/folder. See ``soma.apis.convert_dinov2`` for what is converted.
+file/folder. See ``soma.models.backbones.convert_dinov2`` for what is converted.
 """
 import argparse
 import sys
+
+from soma.models.backbones.convert_dinov2 import convert_dinov2_checkpoint
+from soma.utils.cli import run_cli
 
 
 def parse_args(argv=None):
@@ -21,17 +24,13 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    from soma.apis.convert_dinov2 import convert_dinov2_checkpoint
-    try:
-        convert_dinov2_checkpoint(args.pretrained, args.converted, kernel=args.kernel,
-                                  height=args.height, width=args.width)
-    except (ValueError, OSError) as e:  # FileNotFoundError is an OSError
-        print(f'error: {e}', file=sys.stderr)
-        return 1
-    return 0
+def run(args):
+    convert_dinov2_checkpoint(args.pretrained, args.converted, kernel=args.kernel,
+                              height=args.height, width=args.width)
 
+
+def main(argv=None):
+    return run_cli(run, parse_args(argv))
 
 if __name__ == '__main__':
     sys.exit(main())

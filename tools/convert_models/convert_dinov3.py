@@ -7,14 +7,16 @@
 OUT_DIR gets ``config.json`` + ``model.safetensors`` (``DINOv3ViTModel.from_pretrained``
 loads it); it must not exist or be empty, and appears only when complete. The architecture
 is read from the shapes; ``--arch`` refuses a checkpoint of another size. See
-``soma.apis.convert_dinov3``.
+``soma.models.backbones.convert_dinov3``.
 """
 import argparse
 import sys
 
+from soma.models.backbones.convert_dinov3 import DINOV3_ARCHS, convert_dinov3_checkpoint
+from soma.utils.cli import run_cli
+
 
 def parse_args(argv=None):
-    from soma.apis.convert_dinov3 import DINOV3_ARCHS
     parser = argparse.ArgumentParser(description='Convert official DINOv3 weights for '
                                                  'transformers / HFVisionBackbone')
     parser.add_argument('checkpoint', help='official DINOv3 .pth (facebookresearch/dinov3)')
@@ -24,17 +26,13 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    from soma.apis.convert_dinov3 import convert_dinov3_checkpoint
-    try:
-        out = convert_dinov3_checkpoint(args.checkpoint, args.out_dir, arch=args.arch)
-    except (ValueError, OSError) as e:  # CheckpointError is a ValueError
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+def run(args):
+    out = convert_dinov3_checkpoint(args.checkpoint, args.out_dir, arch=args.arch)
     print(f'wrote {out}')
-    return 0
 
+
+def main(argv=None):
+    return run_cli(run, parse_args(argv))
 
 if __name__ == '__main__':
     sys.exit(main())

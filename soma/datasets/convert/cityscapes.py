@@ -12,7 +12,7 @@ from functools import partial
 
 from mmengine.utils import scandir
 
-from soma.utils.checkpoint_io import atomic_output
+from soma.utils.atomic import atomic_output
 
 from .common import default_nproc, list_files, require_dir, run_tasks, write_text
 
@@ -23,7 +23,7 @@ SPLITS = ('train', 'val', 'test')
 
 def _cityscapesscripts():
     try:
-        from cityscapesscripts.helpers.annotation import Annotation
+        from cityscapesscripts.helpers.annotation import Annotation  # optional dependency
         from cityscapesscripts.helpers.labels import name2label
         from cityscapesscripts.preparation.json2labelImg import createLabelImage
     except ImportError as e:

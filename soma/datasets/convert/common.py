@@ -18,7 +18,7 @@ from mmengine.logging import print_log
 from mmengine.utils import scandir, track_parallel_progress, track_progress
 from PIL import Image
 
-from soma.utils.checkpoint_io import atomic_output
+from soma.utils.atomic import atomic_output
 
 NUM_CLASSES = 19
 IGNORE_INDEX = 255
@@ -230,14 +230,3 @@ def save_class_stats(out_dir, results, what='label'):
     write_json(summary, osp.join(out_dir, STATS_FILES[3]))
     converted = sum(not r['skipped'] for r in results)
     return dict(summary, converted=converted, skipped=len(results) - converted, out_dir=out_dir)
-
-
-def run_cli(func, **kwargs):
-    """Call ``func(**kwargs)``; print ``error: ...`` to stderr and return 1 on bad input."""
-    try:
-        func(**kwargs)
-    except (ValueError, OSError, ImportError, KeyError) as e:
-        msg = str(e).strip().splitlines()
-        print(f'error: {msg[0] if msg else type(e).__name__}', file=sys.stderr)
-        return 1
-    return 0

@@ -24,7 +24,7 @@ from functools import partial
 
 from PIL import Image
 
-from soma.utils.checkpoint_io import atomic_output
+from soma.utils.atomic import atomic_output
 
 from .common import (CITYSCAPES_CLASSES, IGNORE_INDEX, convert_label, default_nproc,
                      list_files, read_index_png, require_dir, run_tasks, warn_unexpected)

@@ -12,6 +12,8 @@ per-file class-pixel statistics.
 import os.path as osp
 from functools import partial
 
+import cv2
+
 from .common import (convert_label, default_nproc, list_files, require_dir, run_tasks,
                      save_class_stats)
 
@@ -26,7 +28,6 @@ CLASS_CHANNEL = 2  # index in OpenCV's BGR(A) order = the file's red (first) cha
 
 def read_synthia_label(path):
     """The class-id channel of a SYNTHIA label (uint16 array, H x W)."""
-    import cv2
     if not osp.isfile(path):
         raise FileNotFoundError(f'{path}: file not found')
     label = cv2.imread(path, cv2.IMREAD_UNCHANGED)

@@ -2,7 +2,7 @@
 
 One readable file with its own small layers. Parameter names are DINOv2's, except that the
 attention has three separate linears ``attn.q``, ``attn.k``, ``attn.v`` (the SoMA release's
-layout, produced by ``soma.apis.convert_dinov2`` from DINOv2's fused ``qkv``):
+layout, produced by ``soma.models.backbones.convert_dinov2`` from DINOv2's fused ``qkv``):
 
     cls_token, pos_embed, mask_token, patch_embed.proj.*, blocks.<i>.norm1.*,
     blocks.<i>.attn.{q,k,v,proj}.*, blocks.<i>.ls1.gamma, blocks.<i>.norm2.*,
@@ -36,6 +36,8 @@ from mmengine.model import BaseModule
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from soma.peft.config import (DEFAULT_LAYERS_PATTERN, DEFAULT_START_LORA_IDX,
+                              DEFAULT_TARGET_MODULES)
 from soma.registry import register_model
 
 from .pyramid import PYRAMID_SCALES, feature_pyramid, patch_tokens_to_map
@@ -58,7 +60,7 @@ ATTN_IMPLS = ('auto', 'sdpa', 'naive', 'xformers')
 def _xformers_ops():
     """``xformers.ops`` when it can be imported, else None (imported on first use only)."""
     try:
-        from xformers import ops
+        from xformers import ops  # optional, GPU only
     except (ImportError, OSError, RuntimeError):
         return None
     return ops
@@ -248,8 +250,11 @@ class DinoVisionTransformer(BaseModule):
         pad_to_patch: zero-pad H and W up to a multiple of ``patch_size`` (default False:
             the remainder is dropped, as in the release).
         peft_cfg: a ``peft`` adapter config for the segmentor/detector instead of
-            ``lora_cfg`` (``soma.models.peft_backbone``); stored as ``self.peft_cfg``.
+            ``lora_cfg`` (``soma.models.adapters``); stored as ``self.peft_cfg``.
     """
+
+    # the block container (timm's group_matcher): blocks are ``blocks.<i>.``; the release's
+    layers_pattern = DEFAULT_LAYERS_PATTERN
 
     def __init__(self, arch=None, img_size=512, patch_size=16, in_chans=3, embed_dim=1024,
                  depth=24, num_heads=16, mlp_ratio=4.0, qkv_bias=True, ffn_bias=True,
@@ -289,7 +294,7 @@ class DinoVisionTransformer(BaseModule):
         self.with_cp = with_cp
         self.block_chunks = block_chunks
         self.lora_cfg = lora_cfg
-        self.peft_cfg = peft_cfg  # a `peft` adapter config instead (soma.peft.peft_adapters)
+        self.peft_cfg = peft_cfg  # a `peft` adapter config instead (soma.models.adapters)
         if block_chunks:
             print_log(f'block_chunks={block_chunks}: blocks stay one flat list (blocks.<i>.*)',
                       logger='current', level=logging.DEBUG)
@@ -310,6 +315,13 @@ class DinoVisionTransformer(BaseModule):
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         # the release SVDs its adapters at build time, on the linears' PyTorch default init
         self._init_dinov2_weights(linears=not _svd_at_construction(lora_cfg))
+
+    def adapter_defaults(self) -> dict:
+        """Where adapters go on this backbone when a config does not say: the release's
+        ``layers_pattern``, ``target_modules`` and first adapted block."""
+        return dict(layers_pattern=self.layers_pattern,
+                    target_modules=list(DEFAULT_TARGET_MODULES),
+                    start_lora_idx=DEFAULT_START_LORA_IDX)
 
     # ---------------------------------------------------------------- initialisation
     def _init_dinov2_weights(self, linears=True):

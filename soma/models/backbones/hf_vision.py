@@ -99,7 +99,7 @@ def build_hf_vision_model(model, dtype=None):
     """``(transformers model, family)`` from a folder (``from_pretrained``) or a config dict
     with ``model_type`` (random initialisation), its weights in ``dtype`` (default float32,
     whatever dtype the folder stores)."""
-    import transformers
+    import transformers  # optional dependency, heavy
     dtype = _torch_dtype(dtype)
     if isinstance(model, dict):
         fields = dict(model)
@@ -191,21 +191,29 @@ class HFVisionBackbone(BaseModule):
                              f'{self.depth})')
         self.out_indices = out_indices
         self.lora_cfg = self._complete_lora_cfg(lora_cfg)
-        self.peft_cfg = peft_cfg  # a `peft` adapter instead (soma.models.peft_backbone)
+        self.peft_cfg = peft_cfg  # a `peft` adapter instead (soma.models.adapters)
         self.gradient_checkpointing = gradient_checkpointing
         self.pad_to_patch = pad_to_patch
         if gradient_checkpointing:
             self.hf_model.activation_checkpointing_enable(
                 activation_checkpointing_kwargs=dict(use_reentrant=False))
 
+    @property
+    def layers_pattern(self) -> str:
+        """The block container (timm's group_matcher): blocks are ``<pattern>.<i>.``."""
+        return self.family.layers_pattern
+
+    def adapter_defaults(self) -> dict:
+        """Where adapters go on this backbone when a config does not say: the family's block
+        container and linears, and the first third of the blocks frozen."""
+        return dict(layers_pattern=self.layers_pattern,
+                    target_modules=list(self.family.target_modules),
+                    start_lora_idx=self.depth // 3)
+
     def _complete_lora_cfg(self, lora_cfg):
         if not lora_cfg:
             return lora_cfg
-        lora_cfg = dict(lora_cfg)
-        lora_cfg.setdefault('layers_pattern', self.family.layers_pattern)
-        lora_cfg.setdefault('target_modules', list(self.family.target_modules))
-        lora_cfg.setdefault('start_lora_idx', self.depth // 3)
-        return lora_cfg
+        return dict(self.adapter_defaults(), **lora_cfg)
 
     def _hidden_states(self, x):
         """The transformers forward: ``depth + 1`` token tensors (0: embeddings), un-normed."""

@@ -13,6 +13,11 @@ from typing import NamedTuple
 
 import torch
 
+from soma.models.peft_backbone import wrap_backbone_with_soma
+
+from .dinov2 import DinoVisionTransformer
+from .hf_vision import HFVisionBackbone
+
 __all__ = ['SUPPORTED_BACKBONES', 'SOMA_R16', 'build_soma_backbone', 'soma_trainable_parameters',
            'supported_backbones_table']
 
@@ -109,18 +114,14 @@ def _out_indices(depth):
 def build_soma_backbone(model, lora_cfg=None):
     """The SoMA-wrapped backbone of ``model`` (a :data:`SUPPORTED_BACKBONES` ``model``
     dict), adapters not initialised, in train mode (SoMA's freezing applied)."""
-    from soma.models.peft_backbone import wrap_backbone_with_soma
     fields = dict(model)
     lora = dict(SOMA_R16, **(lora_cfg or {}))
     if fields.get('model_type') == 'release_dinov2':
-        from soma.models.backbones.dinov2 import DinoVisionTransformer
         fields.pop('model_type')
-        lora.update(type='sora', target_modules=fields.pop('target_modules'),
-                    start_lora_idx=lora.get('start_lora_idx', fields['depth'] // 3))
+        lora.update(type='sora', target_modules=fields.pop('target_modules'))
         # its constructor calls .item(): built on the CPU, then moved to the meta device
         backbone = DinoVisionTransformer(lora_cfg=lora, **fields).to('meta')
     else:
-        from soma.models.backbones.hf_vision import HFVisionBackbone
         with torch.device('meta'):
             backbone = HFVisionBackbone(model=fields, lora_cfg=lora,
                                         out_indices=_out_indices(fields['num_hidden_layers']))

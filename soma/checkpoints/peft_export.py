@@ -6,25 +6,34 @@ initialisation ``B0, A0`` recomputed once from the converted backbone at export)
 release's semantics simply ``s*B@A`` (rank r). ``PeftModel.from_pretrained(<plain DINOv2
 with the converted weights>, folder)`` computes what the SoMA model computes, and
 :func:`merge_soma_weights_with_peft` rebuilds the full checkpoint from the folder with no
-SVD. The key layout and the SoMA merge itself stay in :mod:`soma.apis.checkpoint`.
+SVD. The SoMA merge itself is :mod:`soma.checkpoints.soma_adapter`'s.
 """
 import os
+from typing import Dict, Optional, Tuple
 
 import torch
 
-from soma.apis.checkpoint import (BACKBONE_PREFIX, EMA_PREFIX, LORA_A, LORA_B, _adapted_layers,
-                                  _backbone_state_dict, _check_adapter_fits, _check_layer_sets,
-                                  _output_meta, _require_adapters, _save, _soma_config,
-                                  _soma_model, checkpoint_semantics, load_soma_checkpoint_file,
-                                  merge_soma_weights)
-from soma.peft.config import META_KEY, SEMANTICS_RESIDUAL
-from soma.utils.checkpoint_io import EMA_STATE_DICT, CheckpointError, get_state_dict
+from soma.peft.config import SEMANTICS_RESIDUAL
+from soma.peft.interop import load_peft_adapter_weights, save_peft_delta
+from soma.peft.layer import LORA_A, LORA_B
+from soma.peft.model import SoMAModel
+from soma.utils.checkpoint_io import (EMA_STATE_DICT, CheckpointError, get_state_dict,
+                                      save_checkpoint_file)
+
+from .backbone import read_converted_backbone
+from .layout import (EMA_PREFIX, SOMA, SOMA_LORA_A, SOMA_LORA_B, SOMA_PREFIX,
+                     checkpoint_semantics, load_soma_checkpoint_file)
+from .skeleton import float32_weights
+from .soma_adapter import (adapter_ranks, check_adapter_fits, check_layer_sets, merge_soma,
+                           output_meta, require_adapters, skeleton_soma_model, soma_config_of)
 
 __all__ = ['soma_delta_model', 'extract_peft_dir', 'merge_soma_weights_with_peft',
            'merge_peft_file']
 
 
-def soma_delta_model(ckpt, backbone_ckpt, device='cpu', semantics=None):
+def soma_delta_model(ckpt, backbone_ckpt, device='cpu', semantics: Optional[str] = None
+                     ) -> Tuple[SoMAModel, Optional[Dict[str, Tuple[torch.Tensor,
+                                                                    torch.Tensor]]]]:
     """A checkpoint's trained adapters on the converted backbone, ready for a peft export.
 
     Returns ``(soma_model, initial)``: a ``SoMAModel`` around the adapted layers of the
@@ -38,65 +47,64 @@ def soma_delta_model(ckpt, backbone_ckpt, device='cpu', semantics=None):
     """
     ckpt = load_soma_checkpoint_file(ckpt)
     state_dict = get_state_dict(ckpt)
-    _require_adapters(state_dict, 'checkpoint')
-    backbone = _backbone_state_dict(backbone_ckpt)
-    _check_adapter_fits(backbone, state_dict)
+    require_adapters(state_dict, 'checkpoint')
+    backbone = read_converted_backbone(backbone_ckpt)
+    check_adapter_fits(backbone, state_dict)
     semantics = semantics or checkpoint_semantics(ckpt)
-    layers = _adapted_layers({k: v for k, v in state_dict.items()
-                              if not k.startswith(EMA_PREFIX)})
-    config = _soma_config(_output_meta(ckpt).get(META_KEY) or {}, layers)
-    weights = {n: (backbone[f'{n}.weight'].to(device, torch.float32),
-                   None if backbone.get(f'{n}.bias') is None
-                   else backbone[f'{n}.bias'].to(device, torch.float32)) for n in layers}
-    model = _soma_model(weights, config, init=semantics == SEMANTICS_RESIDUAL)
+    layers = adapter_ranks({k: v for k, v in state_dict.items()
+                                         if not k.startswith(EMA_PREFIX)})
+    config = soma_config_of(output_meta(ckpt).get(SOMA) or {}, layers)
+    model = skeleton_soma_model(float32_weights(backbone, layers, device), config,
+                                             init=semantics == SEMANTICS_RESIDUAL)
     adapted = model.adapted_layers()
-    _check_layer_sets(adapted, layers, 'checkpoint')
+    check_layer_sets(adapted, layers, 'checkpoint')
     initial = None
     if semantics == SEMANTICS_RESIDUAL:
         initial = {n: (m.lora_B.weight.detach().cpu().clone(),
                        m.lora_A.weight.detach().cpu().clone()) for n, m in adapted.items()}
     with torch.no_grad():
         for name, layer in adapted.items():
-            key = BACKBONE_PREFIX + name
-            layer.lora_A.weight.copy_(state_dict[key + LORA_A])
-            layer.lora_B.weight.copy_(state_dict[key + LORA_B])
+            key = SOMA_PREFIX + name
+            layer.lora_A.weight.copy_(state_dict[key + SOMA_LORA_A])
+            layer.lora_B.weight.copy_(state_dict[key + SOMA_LORA_B])
             if layer.bias is not None and f'{key}.bias' in state_dict:
                 layer.bias.copy_(state_dict[f'{key}.bias'])
             layer.lora_initialized = True
     return model.to('cpu'), initial
 
 
-def extract_peft_dir(ckpt, backbone_ckpt, directory, device='cpu', semantics=None):
+def extract_peft_dir(ckpt, backbone_ckpt, directory, device='cpu',
+                     semantics: Optional[str] = None) -> Dict[str, str]:
     """Write a checkpoint's adapters as a peft LoRA folder over the converted backbone.
 
     ``PeftModel.from_pretrained(<plain DINOv2 with the converted weights>, directory)`` then
     computes what the SoMA model computes (:func:`soma_delta_model`,
     :func:`soma.peft.interop.save_peft_delta`). Returns ``{file name: path}``.
     """
-    from soma.peft.interop import save_peft_delta
     model, initial = soma_delta_model(ckpt, backbone_ckpt, device, semantics)
     return save_peft_delta(model, os.fspath(directory), initial)
 
 
-def _residual_weights_from_peft(backbone, adapter, peft_layers, config, device='cpu'):
+def _residual_weights_from_peft(backbone: dict, adapter: dict, peft_layers: dict, config,
+                                device='cpu') -> Dict[str, torch.Tensor]:
     """``{layer.weight: W_res}``: ``W_pre - s*B0@A0`` with ``B0, A0`` from the rank-2r peft
     adapter of :func:`extract_peft_dir` (its second halves); no SVD."""
     out = {}
-    for name, rank in _adapted_layers(adapter).items():
-        key = BACKBONE_PREFIX + name
+    for name, rank in adapter_ranks(adapter).items():
+        key = SOMA_PREFIX + name
         if f'{key}.weight' in adapter:
             continue
         peft = peft_layers.get(name)
-        if peft is None or 'lora_A' not in peft or 'lora_B' not in peft:
-            raise CheckpointError(f'peft adapter: no lora_A/lora_B for {name}')
-        lora_a, lora_b = peft['lora_A'], peft['lora_B']
+        if peft is None or LORA_A not in peft or LORA_B not in peft:
+            raise CheckpointError(f'peft adapter: no {LORA_A}/{LORA_B} for {name}')
+        lora_a, lora_b = peft[LORA_A], peft[LORA_B]
         if lora_a.shape[0] != 2 * rank or lora_b.shape[1] != 2 * rank:
             raise CheckpointError(
                 f'peft adapter: {name}.lora_A has rank {lora_a.shape[0]}, expected 2 x {rank} '
                 f"for a 'residual' adapter (write it with extract_soma_weights.py --peft-dir)")
-        if not (torch.equal(lora_a[:rank], adapter[key + LORA_A])
-                and torch.equal(lora_b[:, :rank], adapter[key + LORA_B])):
-            raise CheckpointError(f'peft adapter: {name} differs from {key}{LORA_A} of the '
+        if not (torch.equal(lora_a[:rank], adapter[key + SOMA_LORA_A])
+                and torch.equal(lora_b[:, :rank], adapter[key + SOMA_LORA_B])):
+            raise CheckpointError(f'peft adapter: {name} differs from {key}{SOMA_LORA_A} of the '
                                   f'adapter checkpoint; they come from different models')
         a0 = lora_a[rank:].to(device, torch.float32).contiguous()
         b0 = (-lora_b[:, rank:]).to(device, torch.float32).contiguous()
@@ -106,34 +114,35 @@ def _residual_weights_from_peft(backbone, adapter, peft_layers, config, device='
     return out
 
 
-def merge_soma_weights_with_peft(backbone_ckpt, adapter_ckpt, peft_dir, device='cpu'):
-    """:func:`merge_soma_weights` without its SVD: W_res comes from the peft folder.
+def merge_soma_weights_with_peft(backbone_ckpt, adapter_ckpt, peft_dir, device='cpu') -> dict:
+    """:func:`soma.checkpoints.merge_soma_weights` without its SVD: W_res comes from the peft
+    folder.
 
     For a 'residual' adapter the SoMA initialisation ``B0, A0`` is read from the folder
     written by :func:`extract_peft_dir` (rank 2r: ``[B | -B0]``, ``[A ; A0]``; its first
     halves must equal the adapter's), so ``W_res = W_pre - s*B0@A0`` is one matmul. A
     'release' adapter needs no rebuild (the folder is only checked to exist).
     """
-    from soma.peft.interop import load_peft_adapter_weights
     peft_layers = load_peft_adapter_weights(peft_dir)
     adapter_ckpt = load_soma_checkpoint_file(adapter_ckpt)
+    backbone = read_converted_backbone(backbone_ckpt)
     if checkpoint_semantics(adapter_ckpt) != SEMANTICS_RESIDUAL:
-        return merge_soma_weights(backbone_ckpt, adapter_ckpt, device=device)
-    backbone = _backbone_state_dict(backbone_ckpt)
+        return merge_soma(backbone, adapter_ckpt, device=device)
     adapter = get_state_dict(adapter_ckpt)
-    _require_adapters(adapter, 'adapter checkpoint')
-    _check_adapter_fits(backbone, adapter)
-    config = _soma_config(_output_meta(adapter_ckpt).get(META_KEY) or {},
-                          _adapted_layers(adapter))
+    require_adapters(adapter, 'adapter checkpoint')
+    check_adapter_fits(backbone, adapter)
+    config = soma_config_of(output_meta(adapter_ckpt).get(SOMA) or {},
+                                         adapter_ranks(adapter))
     residual = _residual_weights_from_peft(backbone, adapter, peft_layers, config, device)
     completed = dict(adapter_ckpt, state_dict=dict(adapter, **residual))
     ema = adapter_ckpt.get(EMA_STATE_DICT)
     if isinstance(ema, dict):
         completed[EMA_STATE_DICT] = dict(ema, **{EMA_PREFIX + k: v for k, v in residual.items()})
-    return merge_soma_weights(backbone, completed, device=device)
+    return merge_soma(backbone, completed, device=device)
 
 
-def merge_peft_file(backbone_ckpt, soma_ckpt, peft_dir, merged_ckpt, device='cpu'):
-    """:func:`merge_soma_weights_with_peft` from files, saved atomically."""
-    return _save(merge_soma_weights_with_peft(backbone_ckpt, soma_ckpt, peft_dir, device),
-                 merged_ckpt)
+def merge_peft_file(backbone_ckpt, soma_ckpt, peft_dir, merged_ckpt, device='cpu') -> str:
+    """:func:`merge_soma_weights_with_peft` from files, saved atomically; the output path."""
+    save_checkpoint_file(merge_soma_weights_with_peft(backbone_ckpt, soma_ckpt, peft_dir,
+                                                      device), merged_ckpt)
+    return os.fspath(merged_ckpt)

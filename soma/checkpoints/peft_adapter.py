@@ -1,6 +1,6 @@
 """Extract / merge / fold the checkpoints of models adapted by ``peft`` (``peft_cfg``).
 
-The layout (:mod:`soma.peft.peft_adapters`): keys ``backbone.<backbone key>``; an adapted
+The layout (:mod:`soma.models.adapters.peft_tuner`): keys ``backbone.<backbone key>``; an adapted
 layer keeps its base weight under its own name (``backbone.blocks.8.attn.q.weight``), its
 adapters are peft's (``...q.lora_A.default.weight``, ``...lora_B.default.weight``, DoRA
 ``...lora_magnitude_vector.default.weight``); ``meta['peft']`` is the adapter's
@@ -18,50 +18,28 @@ adapted block, the base-weight semantics and the trained keys.
   cannot be recomputed: its adapter checkpoint keeps the adapted layers' base weights.
 * fold: peft's ``merge_and_unload`` on the adapted layers: a plain backbone checkpoint
   (``backbone.<key>`` + heads) for a config without ``peft_cfg``.
+
+A sibling of :mod:`soma.checkpoints.soma_adapter` (same operations, same arguments); the
+public operations of :mod:`soma.checkpoints` read the files and choose between them.
 """
-import re
+from typing import Dict, List
 
 import torch
 
+from soma.models.adapters.peft_tuner import (BASE_RESIDUAL, PeftTuner, apply_peft_adapter,
+                                             weight_init_kind)
 from soma.utils.checkpoint_io import EMA_STATE_DICT, CheckpointError, get_state_dict
 
-__all__ = ['peft_meta_of', 'extract_peft_weights', 'merge_peft_weights',
-           'fold_peft_adapters']
+from .layout import (BACKBONE_PREFIX, EMA_PREFIX, PEFT, check_adapter_keys_fit, copied_meta,
+                     peft_meta_of)
+from .skeleton import linear_skeleton
 
-PREFIX = 'backbone.'
-EMA_PREFIX = 'module.'
-_PEFT_KEY = re.compile(r'\.lora_[A-Za-z_]+\.default\.')  # peft's LoRA key names
+__all__ = ['extract_peft', 'merge_peft', 'fold_peft']
 
-
-def _meta_key():
-    from soma.peft.peft_adapters import PEFT_META_KEY
-    return PEFT_META_KEY
+PREFIX = BACKBONE_PREFIX  # peft adapts the backbone in place: its keys stay backbone.<key>
 
 
-def peft_meta_of(ckpt, name='checkpoint'):
-    """``meta['peft']`` of a checkpoint dict, or None for any other checkpoint; a state dict
-    with peft's adapter keys but no ``meta['peft']`` is a one-line error."""
-    if not isinstance(ckpt, dict):
-        return None
-    meta = ckpt.get('meta') if 'state_dict' in ckpt else None
-    peft_meta = meta.get(_meta_key()) if isinstance(meta, dict) else None
-    if isinstance(peft_meta, dict):
-        return peft_meta
-    state_dict = get_state_dict(ckpt)
-    found = [k for k in state_dict if _PEFT_KEY.search(k)] if isinstance(state_dict, dict) else []
-    if found:
-        raise CheckpointError(
-            f"{name}: peft adapter keys ({found[0]}) but no meta['{_meta_key()}'] with the "
-            f"adapter config (saved without SoMAMetaHook?); it cannot be rebuilt")
-    return None
-
-
-def _load(ckpt):
-    from soma.apis.checkpoint import load_soma_checkpoint_file
-    return load_soma_checkpoint_file(ckpt)
-
-
-def _adapter_layer(rest, prefix):
+def _adapter_layer(rest: str, prefix: str):
     """The layer name of a backbone-relative adapter key (``blocks.8.attn.q``), else None."""
     parts = rest.split('.')
     for i, part in enumerate(parts):
@@ -85,34 +63,32 @@ def _prefix(meta):
     return meta.get('adapter_prefix') or 'lora_'
 
 
-def _require_peft_adapters(state_dict, meta, name):
+def _require_peft_adapters(state_dict: dict, meta: dict, name: str) -> Dict[str, List[str]]:
     if not isinstance(state_dict, dict) or not state_dict:
         raise CheckpointError(f'{name}: empty checkpoint, no state dict found')
     layers = _adapter_layers(state_dict, _prefix(meta))
     if not layers:
         raise CheckpointError(
-            f"{name}: meta['{_meta_key()}'] but no adapter keys "
+            f"{name}: meta['{PEFT}'] but no adapter keys "
             f"('{PREFIX}...{_prefix(meta)}...'; first keys: {sorted(state_dict)[:3]})")
     return layers
 
 
-def _output_meta(ckpt, **extra):
-    from soma.apis.checkpoint import copied_meta
-    out = copied_meta(ckpt, _meta_key())
-    out[_meta_key()].update(extra)
+def _output_meta(ckpt: dict, **extra) -> dict:
+    out = copied_meta(ckpt, PEFT)
+    out[PEFT].update(extra)
     return out
 
 
 # --------------------------------------------------------------------------- extract
-def extract_peft_weights(full_ckpt, keep_ema=True):
+def extract_peft(full_ckpt: dict, keep_ema: bool = True) -> dict:
     """Adapter + heads checkpoint of a trained peft model (see the module docstring).
 
     ``keep_ema=False`` drops the EMA copy (the detector extract, as for SoMA's).
     """
-    full_ckpt = _load(full_ckpt)
     meta = peft_meta_of(full_ckpt, 'final checkpoint')
     if meta is None:
-        raise CheckpointError(f"final checkpoint: no meta['{_meta_key()}']; not a peft model")
+        raise CheckpointError(f"final checkpoint: no meta['{PEFT}']; not a peft model")
     state_dict = get_state_dict(full_ckpt)
     prefix = _prefix(meta)
     layers = _require_peft_adapters(state_dict, meta, 'final checkpoint')
@@ -136,9 +112,8 @@ def extract_peft_weights(full_ckpt, keep_ema=True):
 
 
 # --------------------------------------------------------------------------- merge
-def _check_fits(backbone, adapter_sd, prefix):
+def _check_fits(backbone: Dict[str, torch.Tensor], adapter_sd: dict, prefix: str) -> None:
     """One-line errors for adapter keys that cannot sit on the converted backbone."""
-    from soma.apis.checkpoint import check_adapter_keys_fit
 
     def adapter_part(rest):
         layer = _adapter_layer(rest, prefix)
@@ -150,16 +125,14 @@ def _check_fits(backbone, adapter_sd, prefix):
     check_adapter_keys_fit(backbone, adapter_sd, PREFIX, adapter_part)
 
 
-def _peft_skeleton(weights, peft_cfg, device='cpu'):
+def _peft_skeleton(weights: dict, peft_cfg: dict, device='cpu'):
     """``(skeleton, adapter)``: one ``nn.Linear`` per ``name -> (weight, bias)``, adapted by
-    peft with ``peft_cfg`` (:func:`soma.peft.peft_adapters.apply_peft_adapter`)."""
-    from soma.apis.checkpoint import _skeleton
-    from soma.peft.peft_adapters import apply_peft_adapter
-    skeleton = _skeleton({n: (w.to(device, torch.float32),
-                              None if b is None else b.to(device, torch.float32))
-                          for n, (w, b) in weights.items()})
-    adapter = apply_peft_adapter(skeleton, dict(peft_cfg))
-    adapted = set(adapter.tuner_layers(skeleton))
+    peft with ``peft_cfg`` (:func:`soma.models.adapters.peft_tuner.apply_peft_adapter`)."""
+    skeleton = linear_skeleton({n: (w.to(device, torch.float32),
+                                    None if b is None else b.to(device, torch.float32))
+                                for n, (w, b) in weights.items()})
+    adapter: PeftTuner = apply_peft_adapter(skeleton, dict(peft_cfg))
+    adapted = set(adapter.adapted_layers())
     if adapted != set(weights):
         extra, lacking = sorted(adapted - set(weights)), sorted(set(weights) - adapted)
         raise CheckpointError(
@@ -168,7 +141,7 @@ def _peft_skeleton(weights, peft_cfg, device='cpu'):
     return skeleton, adapter
 
 
-def _layer_weights(state_dict, layers, where):
+def _layer_weights(state_dict: dict, layers, where: str) -> dict:
     weights = {}
     for name in layers:
         weight = state_dict.get(f'{name}.weight')
@@ -179,19 +152,19 @@ def _layer_weights(state_dict, layers, where):
     return weights
 
 
-def _residual_base_weights(backbone, layers, meta, device='cpu'):
+def _residual_base_weights(backbone: dict, layers, meta: dict, device='cpu') -> dict:
     """``{layer.weight: W - s*B0@A0}``: peft's own init re-run on the converted weights."""
     if not layers:
         return {}
-    skeleton, adapter = _peft_skeleton(_layer_weights(backbone, layers, 'backbone checkpoint'),
-                                       meta['peft_cfg'], device)
-    adapter.init_after_weights(skeleton)
+    _, adapter = _peft_skeleton(_layer_weights(backbone, layers, 'backbone checkpoint'),
+                                meta['peft_cfg'], device)
+    adapter.init_after_weights()
     return {f'{n}.weight': m.get_base_layer().weight.detach().to('cpu').clone()
-            for n, m in adapter.tuner_layers(skeleton).items()}
+            for n, m in adapter.adapted_layers().items()}
 
 
-def merge_peft_weights(backbone_ckpt, adapter_ckpt, device='cpu'):
-    """Full checkpoint = converted backbone + peft adapter/head checkpoint.
+def merge_peft(backbone: Dict[str, torch.Tensor], adapter_ckpt: dict, device='cpu') -> dict:
+    """Full checkpoint = converted backbone (plain keys) + peft adapter/head checkpoint.
 
     The backbone's keys get ``backbone.`` (and ``module.backbone.`` in the EMA copy, made only
     when the adapter has one); the adapter's keys overwrite them. With
@@ -199,9 +172,6 @@ def merge_peft_weights(backbone_ckpt, adapter_ckpt, device='cpu'):
     peft's residual, recomputed from the converted backbone on ``device`` (layers whose weight
     the adapter carries, e.g. ``pissa_niter_<N>``, are not recomputed).
     """
-    from soma.apis.checkpoint import _backbone_state_dict
-    backbone = _backbone_state_dict(backbone_ckpt)
-    adapter_ckpt = _load(adapter_ckpt)
     meta = peft_meta_of(adapter_ckpt, 'adapter checkpoint')
     adapter = get_state_dict(adapter_ckpt)
     layers = _require_peft_adapters(adapter, meta, 'adapter checkpoint')
@@ -209,7 +179,7 @@ def merge_peft_weights(backbone_ckpt, adapter_ckpt, device='cpu'):
     for state in (adapter, ema) if isinstance(ema, dict) else (adapter,):
         _check_fits(backbone, state, _prefix(meta))
     base = dict(backbone)
-    if meta.get('base_weight') == 'residual':
+    if meta.get('base_weight') == BASE_RESIDUAL:
         pending = [n for n in layers if f'{PREFIX}{n}.weight' not in adapter]
         base.update(_residual_base_weights(backbone, pending, meta, device))
     out = {'state_dict': dict({PREFIX + k: v for k, v in base.items()}, **adapter)}
@@ -221,22 +191,20 @@ def merge_peft_weights(backbone_ckpt, adapter_ckpt, device='cpu'):
 
 
 # --------------------------------------------------------------------------- fold
-def fold_peft_adapters(full_ckpt):
+def fold_peft(full_ckpt: dict) -> dict:
     """Fold the adapters of a full peft checkpoint into plain weights (peft's
     ``merge_and_unload``); drop the adapter keys and the EMA copy.
 
     The result has the plain backbone's keys (``backbone.<key>``) and the heads; it loads into
     the same config with ``peft_cfg=None``. ``meta['peft']['folded'] = True``.
     """
-    from soma.peft.peft_adapters import _weight_init_kind
-    full_ckpt = _load(full_ckpt)
     meta = peft_meta_of(full_ckpt, 'full checkpoint')
     state_dict = get_state_dict(full_ckpt)
     prefix = _prefix(meta)
     layers = _require_peft_adapters(state_dict, meta, 'full checkpoint')
     inner = {k[len(PREFIX):]: v for k, v in state_dict.items() if k.startswith(PREFIX)}
     peft_cfg = dict(meta['peft_cfg'])
-    if _weight_init_kind(peft_cfg.get('init_lora_weights')):  # values come from the file
+    if weight_init_kind(peft_cfg.get('init_lora_weights')):  # values come from the file
         peft_cfg['init_lora_weights'] = True
     skeleton, adapter = _peft_skeleton(_layer_weights(inner, layers, 'full checkpoint'),
                                        peft_cfg)

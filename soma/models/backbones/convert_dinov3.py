@@ -22,11 +22,11 @@ supplies the head count when the checkpoint has no ``rope_embed.periods``.
 import os
 import os.path as osp
 import re
-import shutil
-import tempfile
 
 import torch
+from safetensors.torch import save_file
 
+from soma.utils.atomic import atomic_output_dir
 from soma.utils.checkpoint_io import CheckpointError, get_state_dict, load_checkpoint_file
 
 __all__ = ['DINOV3_ARCHS', 'convert_dinov3_state_dict', 'convert_dinov3_checkpoint']
@@ -138,7 +138,7 @@ def convert_dinov3_state_dict(state, arch=None, where='checkpoint'):
 def _check_complete(config, tensors, where):
     """The converted tensors are exactly those of ``DINOv3ViTModel(config)``, shapes too
     (a meta-device model: no memory, also for 7B)."""
-    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel  # optional dependency
     with torch.device('meta'):
         model = DINOv3ViTModel(DINOv3ViTConfig(**config))
     # in memory the blocks are model.layer.N; the file (save_pretrained) has layer.N
@@ -160,8 +160,7 @@ def convert_dinov3_checkpoint(src, out_dir, arch=None):
     ``out_dir`` must not exist or be empty; it is written as a temporary sibling folder and
     renamed into place only when complete. Returns ``out_dir``.
     """
-    from safetensors.torch import save_file
-    from transformers import DINOv3ViTConfig
+    from transformers import DINOv3ViTConfig  # transformers: optional dependency
     out_dir = os.fspath(out_dir)
     if osp.exists(out_dir) and (not osp.isdir(out_dir) or os.listdir(out_dir)):
         raise FileExistsError(f'{out_dir} exists and is not an empty folder')
@@ -169,15 +168,7 @@ def convert_dinov3_checkpoint(src, out_dir, arch=None):
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointError(f'{src}: not a state dict of tensors')
     config, tensors = convert_dinov3_state_dict(state, arch, where=os.fspath(src))
-    parent = osp.dirname(osp.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f'.{osp.basename(osp.abspath(out_dir))}.', dir=parent)
-    try:
+    with atomic_output_dir(out_dir) as tmp:
         DINOv3ViTConfig(**config).save_pretrained(tmp)
         save_file(tensors, osp.join(tmp, 'model.safetensors'), metadata={'format': 'pt'})
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, out_dir)
-    finally:
-        if osp.exists(tmp):
-            shutil.rmtree(tmp)
     return out_dir

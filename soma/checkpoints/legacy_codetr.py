@@ -22,10 +22,14 @@ release                                                this project
 ====================================================  ===========================================
 
 None of the release names occurs in this project's layout, so renaming is a no-op on our own
-checkpoints and on segmentors. :func:`soma.apis.checkpoint.load_soma_checkpoint_file` applies
-it to every checkpoint it reads, so every tool and API sees (and writes) our names.
+checkpoints and on segmentors. :func:`soma.checkpoints.layout.load_soma_checkpoint_file`
+applies it to every checkpoint it reads, so every tool and API sees (and writes) our names;
+``LegacyKeysHook`` applies it to what the runner loads.
 """
 import re
+from typing import Dict, Tuple
+
+from mmengine.logging import print_log
 
 from soma.utils.checkpoint_io import EMA_STATE_DICT, CheckpointError
 
@@ -61,7 +65,7 @@ def _rename(key):
     return key
 
 
-def rename_legacy_codetr_keys(state_dict):
+def rename_legacy_codetr_keys(state_dict: Dict) -> Tuple[Dict, int]:
     """``(new_state_dict, n_renamed)``: release Co-DETR key names replaced by ours.
 
     Order and values are kept; the input is not modified (returned as is when nothing is
@@ -81,7 +85,7 @@ def rename_legacy_codetr_keys(state_dict):
     return out, n
 
 
-def rename_legacy_codetr_checkpoint(ckpt, name='checkpoint'):
+def rename_legacy_codetr_checkpoint(ckpt: dict, name: str = 'checkpoint') -> dict:
     """A checkpoint dict with :func:`rename_legacy_codetr_keys` applied to its state dict
     (``state_dict``, ``model`` or the flat dict itself) and its ``ema_state_dict``.
 
@@ -101,7 +105,6 @@ def rename_legacy_codetr_checkpoint(ckpt, name='checkpoint'):
             total += n
     if not total:
         return ckpt
-    from mmengine.logging import print_log
     print_log(f'renamed {total} legacy Co-DETR keys (release layout) in {name}',
               logger='current')
     return out

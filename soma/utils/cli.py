@@ -1,0 +1,33 @@
+"""How every command-line tool of the project reports a user error: one line, exit 1.
+
+A tool's ``main`` calls ``run_cli(function, ...)``. The exceptions that mean "bad input"
+(a missing or unreadable file, a bad value, a config that does not parse, a missing optional
+package) become ``error: <one line>`` on stderr and exit code 1; every other exception is a
+bug and keeps its traceback.
+"""
+import sys
+from typing import Callable
+
+from mmengine.config.utils import ConfigParsingError
+
+__all__ = ['USER_ERRORS', 'run_cli', 'one_line']
+
+# what a tool reports in one line; CheckpointError is a ValueError
+USER_ERRORS = (OSError, ValueError, KeyError, TypeError, ImportError, SyntaxError,
+               ConfigParsingError)
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line (a KeyError's key without its quotes)."""
+    msg = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    return ' '.join(msg.split()) or type(error).__name__
+
+
+def run_cli(fn: Callable, *args, **kwargs) -> int:
+    """Run ``fn(*args, **kwargs)``; a user error becomes ``error: <one line>`` and exit 1."""
+    try:
+        fn(*args, **kwargs)
+    except USER_ERRORS as e:
+        print(f'error: {one_line(e)}', file=sys.stderr)
+        return 1
+    return 0
