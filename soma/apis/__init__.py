@@ -8,7 +8,8 @@ Names load lazily (PEP 562): ``import soma.apis`` imports none of its submodules
 use of a name imports the module that defines it. The checkpoint operations live in
 :mod:`soma.checkpoints`, the weight converters beside their backbones
 (:mod:`soma.models.backbones`); they are exported here too, as before. Functions named
-like their submodule are exported under another name, so that ``soma.apis.train`` etc. stay the submodules:
+like their submodule are exported under another name, so that ``soma.apis.train`` etc. stay
+the submodules:
 ``run_train`` / ``run_test`` (the entry points of ``tools/train.py`` / ``tools/test.py``, taking
 their argument list), ``run_benchmark`` (``soma.apis.benchmark.benchmark``) and
 ``run_collect_results`` (``soma.apis.collect_results.collect_results``).

@@ -25,14 +25,16 @@ import os
 import os.path as osp
 import statistics
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
+from mmengine.config import Config
 from torch import nn
 
 from soma.apis.inference import init_model
 from soma.apis.launch import as_config
 from soma.checkpoints import hf_folder_of
+from soma.checkpoints.layout import CheckpointLike, Device, PathLike
 from soma.peft.layer import SoMALinear
 from soma.peft.model import SoMAModel
 from soma.utils.atomic import atomic_output
@@ -57,8 +59,10 @@ def _hf_model_arg(backbone):
                             f'transformers folder or its config.json')
 
 
-def init_benchmark_model(config, checkpoint=None, device='cpu', backbone=None,
-                         cfg_options: Optional[dict] = None) -> nn.Module:
+def init_benchmark_model(config: Union[PathLike, Config, dict],
+                         checkpoint: Optional[CheckpointLike] = None, device: Device = 'cpu',
+                         backbone: Optional[PathLike] = None, cfg_options: Optional[dict] = None
+                         ) -> nn.Module:
     """:func:`soma.apis.inference.init_model` for a benchmark: with an ``HFVisionBackbone``
     config, ``backbone`` replaces ``model.backbone.model`` (a folder or a ``config.json``);
     otherwise it is the converted DINOv2, as for ``init_model``."""
@@ -139,7 +143,7 @@ def _structure(module):
 
 def benchmark(model: nn.Module, shape: Tuple[int, int] = (512, 512), batch: int = 1,
               repeat: int = 10, warmup: int = 2, out: Optional[str] = None,
-              device=None) -> dict:
+              device: Optional[Device] = None) -> dict:
     """FPS of ``model`` unmerged / merged / plain; writes json to ``out`` when given.
 
     ``model``: a built SoMA segmentor (e.g. from :func:`soma.apis.inference.init_model`).

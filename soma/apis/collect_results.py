@@ -23,9 +23,11 @@ import json
 import os
 import os.path as osp
 import re
+from typing import Dict, List, Sequence
 
 from mmengine.config import Config
 
+from soma.checkpoints.layout import PathLike
 from soma.utils.atomic import atomic_output
 
 __all__ = ['PAPER_RESULTS', 'read_run', 'collect_rows', 'format_markdown', 'format_csv',
@@ -119,7 +121,7 @@ def _anneals_weight_decay(cfg):
     return any(s.get('param_name') == 'weight_decay' for s in schedulers if hasattr(s, 'get'))
 
 
-def method_name(cfg):
+def method_name(cfg: Config) -> str:
     """A short method label from the model config (SoMA variants, peft methods, baselines)."""
     model_type = _get(cfg, 'model', 'type', default='')
     if model_type.startswith('Frozen') and model_type != 'FrozenNSEncoderDecoder':
@@ -158,7 +160,8 @@ def method_name(cfg):
     return f'{name} ({", ".join(knobs)})' if knobs else name
 
 
-def backbone_name(cfg):
+def backbone_name(cfg: Config) -> str:
+    """A short backbone label (DINOv2 size, transformers model type or folder)."""
     backbone = _get(cfg, 'model', 'backbone', default={})
     kind = backbone.get('type', '?')
     if kind == 'DinoVisionTransformer':
@@ -170,7 +173,7 @@ def backbone_name(cfg):
     return kind
 
 
-def setting_name(cfg, targets):
+def setting_name(cfg: Config, targets: Sequence[str]) -> str:
     """The paper setting a run belongs to, or '' (matched by train data and targets)."""
     if set(targets) >= set(DGOD_TARGETS):
         return 'Diverse Weather'
@@ -189,7 +192,7 @@ def setting_name(cfg, targets):
     return ''
 
 
-def read_run(work_dir):
+def read_run(work_dir: PathLike) -> dict:
     """The result row of one work dir (newest run with an evaluation); see module doc."""
     work_dir = os.fspath(work_dir)
     if not osp.isdir(work_dir):
@@ -218,7 +221,8 @@ def read_run(work_dir):
                 iterations=raw.get('step', raw.get('iter')), paper=paper)
 
 
-def collect_rows(work_dirs):
+def collect_rows(work_dirs: Sequence[PathLike]) -> List[dict]:
+    """One row per work dir (:func:`read_run`); a one-line error when none is given."""
     if not work_dirs:
         raise ValueError('collect_results: no work dir given')
     return [read_run(w) for w in work_dirs]
@@ -254,14 +258,16 @@ def _table(rows):
     return header, body
 
 
-def format_markdown(rows):
+def format_markdown(rows: List[dict]) -> str:
+    """The rows as a markdown table."""
     header, body = _table(rows)
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     lines += ['| ' + ' | '.join(cells) + ' |' for cells in body]
     return '\n'.join(lines) + '\n'
 
 
-def format_csv(rows):
+def format_csv(rows: List[dict]) -> str:
+    """The rows as CSV text."""
     header, body = _table(rows)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator='\n')
@@ -291,7 +297,7 @@ def _plot(rows, path):
     plt.close(fig)
 
 
-def collect_results(work_dirs, out='results'):
+def collect_results(work_dirs: Sequence[PathLike], out: PathLike = 'results') -> Dict[str, object]:
     """Read the runs and write ``<out>.md``, ``<out>.csv``, ``<out>.png``; return the paths
     (and the rows under ``'rows'``). Nothing is written when a run cannot be read."""
     rows = collect_rows(list(work_dirs))

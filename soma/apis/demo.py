@@ -21,6 +21,7 @@ from mmengine.runner import Runner
 from soma.apis.launch import leaf_datasets, run_cli, unique_visualizer_name
 from soma.apis.test import parse_args as parse_test_args
 from soma.apis.test import test
+from soma.checkpoints.layout import PathLike
 from soma.datasets import make_synthetic_dg_benchmark
 
 __all__ = ['DEMO_CONFIG', 'demo_config', 'check_max_iters', 'set_max_iters', 'set_image_size',
@@ -89,8 +90,9 @@ def set_image_size(cfg: Config, size: int) -> Config:
     return cfg
 
 
-def demo_config(data_root, work_dir, max_iters: Optional[int] = None, config=DEMO_CONFIG,
-                val: bool = True, image_size: Optional[int] = None) -> Config:
+def demo_config(data_root: PathLike, work_dir: PathLike, max_iters: Optional[int] = None,
+                config: PathLike = DEMO_CONFIG, val: bool = True, image_size: Optional[int] = None
+                ) -> Config:
     """The demo config pointed at ``data_root`` (made by ``make_synthetic_dg_benchmark``)."""
     cfg = Config.fromfile(config)
     data_root = osp.abspath(os.fspath(data_root))
@@ -112,8 +114,8 @@ def _pretrained_checkpoint(cfg):
     return path if path and osp.isfile(path) else None
 
 
-def run_demo(work_dir='work_dirs/demo', max_iters: Optional[int] = None, num_train: int = 64,
-             num_val: int = 12, image_size: int = 96, seed: int = 0) -> dict:
+def run_demo(work_dir: PathLike = 'work_dirs/demo', max_iters: Optional[int] = None,
+             num_train: int = 64, num_val: int = 12, image_size: int = 96, seed: int = 0) -> dict:
     """Run the whole demo; return ``{'metrics': {...}, 'seconds': {...}, 'paths': {...}}``."""
     check_max_iters(max_iters)  # before anything is written
     seconds = {}

@@ -18,6 +18,7 @@ from mmengine.runner import Runner
 
 from soma.apis.demo import REPO_ROOT, check_max_iters, set_max_iters
 from soma.apis.launch import run_cli, unique_visualizer_name
+from soma.checkpoints.layout import PathLike
 from soma.datasets.synthetic_dgod import make_diverse_weather, point_config_to
 
 __all__ = ['DGOD_DEMO_CONFIG', 'run_dgod_demo', 'main']
@@ -25,7 +26,7 @@ __all__ = ['DGOD_DEMO_CONFIG', 'run_dgod_demo', 'main']
 DGOD_DEMO_CONFIG = osp.join(REPO_ROOT, 'DGOD', 'configs', 'demo', 'soma_tiny_codetr_demo.py')
 
 
-def run_dgod_demo(work_dir='work_dirs/demo_dgod', config=DGOD_DEMO_CONFIG,
+def run_dgod_demo(work_dir: PathLike = 'work_dirs/demo_dgod', config: PathLike = DGOD_DEMO_CONFIG,
                   max_iters: Optional[int] = None, num_train: int = 16, num_test: int = 12,
                   size: int = 128, seed: int = 0) -> dict:
     """Generate the data, train, test; return the test metrics (dict)."""

@@ -12,22 +12,25 @@ checkpoint needs ``backbone`` (a converted DINOv2) and gets a clear error otherw
 import copy
 import os
 import os.path as osp
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 import cv2
 import mmcv
 import numpy as np
 import torch
+from mmengine.config import Config
 from mmengine.dataset import Compose, pseudo_collate
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import init_default_scope
 from mmengine.utils import ProgressBar
 from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
 from mmseg.utils import get_classes
 from torch import nn
 
 from soma.apis.launch import as_config
 from soma.checkpoints import load_soma_checkpoint
+from soma.checkpoints.layout import CheckpointLike, Device, PathLike
 from soma.utils.atomic import atomic_output
 
 __all__ = ['init_model', 'inference_model', 'test_pipeline_of', 'colorize', 'visualize',
@@ -61,7 +64,8 @@ def _palette(n):
     return palette
 
 
-def init_model(config, checkpoint=None, device='cpu', backbone=None,
+def init_model(config: Union[PathLike, Config, dict], checkpoint: Optional[CheckpointLike] = None,
+               device: Device = 'cpu', backbone: Optional[CheckpointLike] = None,
                cfg_options: Optional[dict] = None) -> nn.Module:
     """Build the segmentor of ``config`` (mmseg scope) and load its weights.
 
@@ -116,7 +120,7 @@ def _find_pipeline(node):
     return None
 
 
-def test_pipeline_of(cfg, for_arrays: bool = False) -> List[dict]:
+def test_pipeline_of(cfg: Config, for_arrays: bool = False) -> List[dict]:
     """The inference pipeline: ``cfg.test_pipeline``, else the test dataset's, without labels."""
     pipeline = cfg.get('test_pipeline') or _find_pipeline(
         (cfg.get('test_dataloader') or {}).get('dataset')) or [
@@ -145,7 +149,9 @@ def _tta_pipeline(cfg, for_arrays=False):
     return pipeline
 
 
-def inference_model(model: nn.Module, images, tta: bool = False):
+def inference_model(model: nn.Module,
+                    images: Union[str, np.ndarray, Sequence[Union[str, np.ndarray]]],
+                    tta: bool = False) -> Union[SegDataSample, List[SegDataSample]]:
     """Predict image files or HxWx3 BGR arrays; one ``SegDataSample`` or a list of them.
 
     ``tta``: average the softmax over the config's ``tta_pipeline`` (multi-scale + flip; a
@@ -170,7 +176,7 @@ def inference_model(model: nn.Module, images, tta: bool = False):
     return results if is_batch else results[0]
 
 
-def colorize(label, palette) -> np.ndarray:
+def colorize(label: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
     """HxW label map -> HxWx3 uint8 RGB with ``palette`` (ignored/unknown ids black)."""
     palette = np.asarray(palette, dtype=np.uint8)
     label = np.asarray(label)
@@ -181,7 +187,8 @@ def colorize(label, palette) -> np.ndarray:
 
 
 def visualize(model: nn.Module, images: Sequence[str], save_dir: str, tta: bool = False,
-              palette=None, progress: bool = True) -> List[str]:
+              palette: Optional[Sequence[Sequence[int]]] = None, progress: bool = True
+              ) -> List[str]:
     """Write ``<save_dir>/<image stem>.png``: the input and its colour-coded prediction side
     by side (Cityscapes palette unless the checkpoint named another). Returns the paths."""
     palette = palette or model.dataset_meta.get('palette') or CITYSCAPES_PALETTE

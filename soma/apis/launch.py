@@ -10,7 +10,7 @@ import os
 import os.path as osp
 import uuid
 from contextlib import nullcontext
-from typing import List, Optional, Sequence
+from typing import ContextManager, List, Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
@@ -40,7 +40,8 @@ def unique_visualizer_name(cfg: Config) -> Config:
     return cfg
 
 
-def as_config(config, cfg_options: Optional[dict] = None) -> Config:
+def as_config(config: Union[str, os.PathLike, Config, dict], cfg_options: Optional[dict] = None
+              ) -> Config:
     """A ``Config`` from a path (``Config.fromfile``), a ``Config`` or a dict (copied), with
     ``cfg_options`` merged in; a missing file is a one-line error naming it."""
     if isinstance(config, (str, os.PathLike)):
@@ -59,7 +60,8 @@ def as_config(config, cfg_options: Optional[dict] = None) -> Config:
     return cfg
 
 
-def load_config(config, cfg_options: Optional[dict] = None, launcher: str = 'none') -> Config:
+def load_config(config: Union[str, os.PathLike], cfg_options: Optional[dict] = None,
+                launcher: str = 'none') -> Config:
     """A config file for a tool: :func:`as_config` + launcher + a visualizer of its own;
     errors name the file."""
     cfg = as_config(os.fspath(config), cfg_options)
@@ -170,7 +172,7 @@ def enable_amp(cfg: Config, device_type: Optional[str] = None) -> str:
     return dtype
 
 
-def amp_autocast(enabled: bool = True, device_type: Optional[str] = None):
+def amp_autocast(enabled: bool = True, device_type: Optional[str] = None) -> ContextManager:
     """``--amp`` for testing: ``torch.autocast`` on the device in :func:`amp_dtype`'s dtype
     (a no-op context when ``enabled`` is False)."""
     if not enabled:
@@ -179,7 +181,7 @@ def amp_autocast(enabled: bool = True, device_type: Optional[str] = None):
     return torch.autocast(device_type, dtype=getattr(torch, amp_dtype(device_type)))
 
 
-def leaf_datasets(dataset) -> List[dict]:
+def leaf_datasets(dataset: Optional[dict]) -> List[dict]:
     """Leaf dataset configs of a (possibly wrapped / concatenated) dataset config."""
     if not isinstance(dataset, dict):
         return []
@@ -190,8 +192,10 @@ def leaf_datasets(dataset) -> List[dict]:
     return [dataset]
 
 
-def check_data_roots(cfg: Config, loaders: Sequence[str] = ('train_dataloader', 'val_dataloader',
-                                                            'test_dataloader')) -> None:
+DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+
+
+def check_data_roots(cfg: Config, loaders: Sequence[str] = DATALOADERS) -> None:
     """Raise ``FileNotFoundError`` naming the first dataset folder/file that does not exist."""
     for loader in loaders:
         loader_cfg = cfg.get(loader)

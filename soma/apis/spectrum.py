@@ -21,7 +21,7 @@ import os
 import os.path as osp
 import re
 
-from typing import Dict
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from mmengine.utils import ProgressBar
 
 from soma.checkpoints import (fold_adapters, hf_folder_of, merge_soma_weights,
                               read_converted_backbone)
-from soma.checkpoints.layout import BACKBONE_PREFIX
+from soma.checkpoints.layout import BACKBONE_PREFIX, CheckpointLike, Device, PathLike
 from soma.checkpoints.soma_adapter import adapter_ranks
 from soma.models.backbones.dinov2 import DinoVisionTransformer
 from soma.models.backbones.hf_vision import hf_backbone_weights
@@ -43,12 +43,12 @@ LAYER_FIELDS = ['layer', 'block', 'module', 'out_features', 'in_features', 'r',
 BLOCK_FIELDS = ['block', 'layers', 'energy_minor_r', 'trained_energy_minor_r']
 
 
-def singular_values(weight):
+def singular_values(weight: torch.Tensor) -> np.ndarray:
     """Singular values of a 2-D weight, float64, descending (numpy array)."""
     return torch.linalg.svdvals(weight.detach().to('cpu', torch.float64)).numpy()
 
 
-def minor_energy_share(s, r):
+def minor_energy_share(s: np.ndarray, r: int) -> float:
     """Share of ``sum(s**2)`` held by the ``r`` smallest singular values."""
     energy = np.asarray(s, dtype=np.float64) ** 2
     return float(np.sort(energy)[:r].sum() / energy.sum())
@@ -78,9 +78,11 @@ def _target_layers(state_dict, target_modules,
     return dict(sorted(layers.items(), key=lambda kv: (kv[1][0], kv[0])))
 
 
-def layer_spectra(state_dict, r: int = 16, target_modules=DEFAULT_TARGET_MODULES,
-                  trained=None, progress: bool = True,
-                  layers_pattern: str = DinoVisionTransformer.layers_pattern):
+def layer_spectra(state_dict: Dict[str, torch.Tensor], r: int = 16,
+                  target_modules: Union[str, Sequence[str]] = DEFAULT_TARGET_MODULES,
+                  trained: Optional[Dict[str, torch.Tensor]] = None, progress: bool = True,
+                  layers_pattern: str = DinoVisionTransformer.layers_pattern
+                  ) -> Tuple[List[dict], dict]:
     """Per-layer rows (see ``LAYER_FIELDS``) and singular values.
 
     ``state_dict``: plain converted DINOv2 keys (or a transformers model's, with its
@@ -120,7 +122,7 @@ def layer_spectra(state_dict, r: int = 16, target_modules=DEFAULT_TARGET_MODULES
     return rows, spectra
 
 
-def block_rows(rows, spectra, r):
+def block_rows(rows: List[dict], spectra: dict, r: int) -> List[dict]:
     """Per-block energy share, pooled: sum of minor energies / sum of total energies."""
     blocks = {}
     for row in rows:
@@ -191,9 +193,10 @@ def _plot(rows, spectra, blocks, r, spectrum_png, energy_png):
     plt.close(fig)
 
 
-def analyze_spectrum(converted, soma_ckpt=None, r: int = 16, out_dir='work_dirs/spectrum',
-                     target_modules=None, progress: bool = True, device='cpu'
-                     ) -> Dict[str, str]:
+def analyze_spectrum(converted: CheckpointLike, soma_ckpt: Optional[CheckpointLike] = None,
+                     r: int = 16, out_dir: PathLike = 'work_dirs/spectrum',
+                     target_modules: Optional[Union[str, Sequence[str]]] = None,
+                     progress: bool = True, device: Device = 'cpu') -> Dict[str, str]:
     """Compute the spectra, write CSVs and PNGs to ``out_dir``; returns the output paths.
 
     ``converted``: converted DINOv2 file (or state dict), a transformers folder, or a config

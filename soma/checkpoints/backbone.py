@@ -18,18 +18,20 @@ backbone (under its adapter, if any).
 """
 import os
 import os.path as osp
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from mmengine.config import Config
 from torch import nn
 
+from soma.models.adapters.base import BackboneAdapter
 from soma.models.backbones.hf_vision import HF_MODEL_PREFIX, hf_backbone_state_dict
 from soma.models.peft_backbone import adapter_of
 from soma.peft.config import ADAPTER_KEYWORD
 from soma.utils.checkpoint_io import CheckpointError, get_state_dict
 
-from .layout import BACKBONE_PREFIX, few, file_name, load_soma_checkpoint_file
+from .layout import (BACKBONE_PREFIX, CheckpointLike, few, file_name,
+                     load_soma_checkpoint_file)
 
 __all__ = ['CONVERT_SCRIPT', 'PRETRAINED_FILE', 'CONVERTED_FILE', 'converted_file_name',
            'hf_folder_of', 'read_converted_backbone', 'backbone_target', 'plain_keys',
@@ -48,7 +50,7 @@ def converted_file_name(height: int, width: int) -> str:
     return CONVERTED_FILE.replace('.pth', f'_{height}x{width}.pth')
 
 
-def hf_folder_of(source) -> Optional[str]:
+def hf_folder_of(source: CheckpointLike) -> Optional[str]:
     """The transformers folder an argument names: the folder, its ``config.json``, or an
     mmengine config (``.py``) whose ``model.backbone`` is an HFVisionBackbone on a folder;
     None for anything else (a converted DINOv2 file, a dict)."""
@@ -103,7 +105,7 @@ def _backbone_part(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tenso
     return state_dict
 
 
-def read_converted_backbone(source, name: str = 'backbone checkpoint'
+def read_converted_backbone(source: CheckpointLike, name: str = 'backbone checkpoint'
                             ) -> Dict[str, torch.Tensor]:
     """Plain backbone keys of a converted backbone (see the module docstring): converted
     DINOv2 keys, or ``hf_model.*`` keys of a transformers folder. A state dict passed in is
@@ -131,7 +133,7 @@ def read_converted_backbone(source, name: str = 'backbone checkpoint'
     return state_dict
 
 
-def backbone_target(model: nn.Module):
+def backbone_target(model: nn.Module) -> Tuple[nn.Module, str, Optional[BackboneAdapter]]:
     """``(module holding the plain backbone keys, its key prefix in the model's state dict,
     the adapter or None)`` of a segmentor / detector."""
     adapter = adapter_of(model.backbone)
@@ -140,7 +142,7 @@ def backbone_target(model: nn.Module):
     return adapter.backbone, BACKBONE_PREFIX + adapter.base_prefix, adapter
 
 
-def plain_keys(target: nn.Module, adapter) -> List[str]:
+def plain_keys(target: nn.Module, adapter: Optional[BackboneAdapter]) -> List[str]:
     """The keys of ``target`` that a converted backbone fills (not the adapters')."""
     keys = list(target.state_dict())
     if adapter is None:
@@ -150,8 +152,9 @@ def plain_keys(target: nn.Module, adapter) -> List[str]:
     return [k for k in keys if own + k not in skip]
 
 
-def fitting_weights(target: nn.Module, adapter, weights: Dict[str, torch.Tensor], source,
-                    strict: bool = True) -> Dict[str, torch.Tensor]:
+def fitting_weights(target: nn.Module, adapter: Optional[BackboneAdapter],
+                    weights: Dict[str, torch.Tensor], source: CheckpointLike, strict: bool = True
+                    ) -> Dict[str, torch.Tensor]:
     """The converted ``weights`` that fit ``target`` (plain keys, sorted); one-line errors for
     no common key, a shape mismatch, or (``strict``) a backbone weight the file lacks."""
     own = target.state_dict()
@@ -175,7 +178,8 @@ def fitting_weights(target: nn.Module, adapter, weights: Dict[str, torch.Tensor]
     return {k: weights[k] for k in sorted(common)}
 
 
-def load_backbone_weights(model: nn.Module, source, strict: bool = True) -> List[str]:
+def load_backbone_weights(model: nn.Module, source: CheckpointLike, strict: bool = True
+                          ) -> List[str]:
     """Load a converted backbone into ``model.backbone`` (under its adapter, whose inits then
     read these weights); return the loaded keys. The backbone is marked initialised, so
     mmengine's ``init_weights()`` keeps them."""

@@ -38,12 +38,18 @@ from soma.utils.checkpoint_io import (EMA_STATE_DICT, CheckpointError, get_state
 from .legacy_codetr import rename_legacy_codetr_checkpoint
 
 __all__ = [
-    'BACKBONE_PREFIX', 'SOMA_PREFIX', 'EMA_PREFIX', 'HEAD_PREFIX', 'MASK_TOKEN',
+    'CheckpointLike', 'PathLike', 'Device', 'BACKBONE_PREFIX', 'SOMA_PREFIX', 'EMA_PREFIX',
+    'HEAD_PREFIX', 'MASK_TOKEN',
     'SOMA_LORA_A', 'SOMA_LORA_B', 'PEFT_ADAPTER_KEY', 'DINOV2_LAYERS_PATTERN', 'SOMA', 'PEFT',
     'EMA_STATE_DICT', 'few', 'file_name', 'strip_ema', 'load_soma_checkpoint_file',
     'checkpoint_meta', 'checkpoint_semantics', 'recorded_lora_cfg', 'peft_meta_of',
     'adapter_method', 'copied_meta', 'check_adapter_keys_fit'
 ]
+
+# a checkpoint argument: a file path, or a checkpoint dict already read
+CheckpointLike = Union[str, os.PathLike, dict]
+PathLike = Union[str, os.PathLike]
+Device = Union[str, torch.device]
 
 BACKBONE_PREFIX = 'backbone.'  # the model's backbone
 SOMA_PREFIX = BACKBONE_PREFIX + SoMATuner.base_prefix  # 'backbone.model.': SoMA's wrapper
@@ -65,7 +71,7 @@ def few(keys: Iterable[str], n: int = 3) -> str:
     return ', '.join(keys[:n]) + more
 
 
-def file_name(ckpt, default: Optional[str]) -> Optional[str]:
+def file_name(ckpt: CheckpointLike, default: Optional[str]) -> Optional[str]:
     """``ckpt`` as a path string when it is one, else ``default`` (a dict has no name)."""
     return os.fspath(ckpt) if isinstance(ckpt, (str, os.PathLike)) else default
 
@@ -88,13 +94,13 @@ def load_soma_checkpoint_file(path_or_ckpt: Union[str, os.PathLike, dict]) -> di
     return rename_legacy_codetr_checkpoint(path_or_ckpt, 'the checkpoint dict')
 
 
-def checkpoint_meta(ckpt) -> dict:
+def checkpoint_meta(ckpt: CheckpointLike) -> dict:
     """``ckpt['meta']`` of a checkpoint dict ({} for a bare state dict or no meta)."""
     meta = ckpt.get('meta') if isinstance(ckpt, dict) and 'state_dict' in ckpt else None
     return meta if isinstance(meta, dict) else {}
 
 
-def checkpoint_semantics(ckpt) -> str:
+def checkpoint_semantics(ckpt: CheckpointLike) -> str:
     """'release' or 'residual': what the adapted ``weight`` of a SoMA checkpoint holds."""
     semantics = (checkpoint_meta(ckpt).get(SOMA) or {}).get('semantics', SEMANTICS_RELEASE)
     if semantics not in (SEMANTICS_RELEASE, SEMANTICS_RESIDUAL):
@@ -104,13 +110,13 @@ def checkpoint_semantics(ckpt) -> str:
     return semantics
 
 
-def recorded_lora_cfg(ckpt) -> dict:
+def recorded_lora_cfg(ckpt: CheckpointLike) -> dict:
     """The SoMA adapter config recorded in ``meta['soma']`` ({} when none: a release)."""
     soma_meta = checkpoint_meta(ckpt).get(SOMA) or {}
     return dict(soma_meta.get('lora_cfg') or soma_meta.get('config') or {})
 
 
-def peft_meta_of(ckpt, name: str = 'checkpoint') -> Optional[dict]:
+def peft_meta_of(ckpt: CheckpointLike, name: str = 'checkpoint') -> Optional[dict]:
     """``meta['peft']`` of a checkpoint dict, or None for any other checkpoint; a state dict
     with peft's adapter keys but no ``meta['peft']`` is a one-line error."""
     if not isinstance(ckpt, dict):
@@ -128,13 +134,13 @@ def peft_meta_of(ckpt, name: str = 'checkpoint') -> Optional[dict]:
     return None
 
 
-def adapter_method(ckpt, name: str = 'checkpoint') -> str:
+def adapter_method(ckpt: CheckpointLike, name: str = 'checkpoint') -> str:
     """Which adapter method wrote ``ckpt``: :data:`PEFT` when it records ``meta['peft']``,
     else :data:`SOMA` (SoMA's own checkpoints and the release's). The one decision point."""
     return PEFT if peft_meta_of(ckpt, name) is not None else SOMA
 
 
-def copied_meta(ckpt, adapter_key: str) -> dict:
+def copied_meta(ckpt: CheckpointLike, adapter_key: str) -> dict:
     """A deep copy of the ``meta`` entries a derived checkpoint keeps: the adapter's
     (``adapter_key``: ``'soma'`` or ``'peft'``) and ``dataset_meta``."""
     meta = checkpoint_meta(ckpt)

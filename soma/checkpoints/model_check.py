@@ -9,7 +9,10 @@ head, then any other missing or unexpected key.
 import os
 import os.path as osp
 
+from typing import Optional
+
 import torch
+from mmengine.config import Config
 from torch import nn
 
 from soma.peft.config import ADAPTER_KEYWORD
@@ -17,7 +20,7 @@ from soma.peft.model import block_index
 from soma.utils.checkpoint_io import CheckpointError
 
 from .backbone import CONVERT_SCRIPT, CONVERTED_FILE, PRETRAINED_FILE, converted_file_name
-from .layout import (BACKBONE_PREFIX, DINOV2_LAYERS_PATTERN, MASK_TOKEN, SOMA_LORA_A,
+from .layout import (BACKBONE_PREFIX, PathLike, DINOV2_LAYERS_PATTERN, MASK_TOKEN, SOMA_LORA_A,
                      SOMA_PREFIX, few)
 
 __all__ = ['check_checkpoint_for_model']
@@ -37,9 +40,9 @@ def _grid(n_tokens):
     return (side, side) if side * side == n_tokens else None
 
 
-def check_checkpoint_for_model(model: nn.Module, state_dict: dict, cfg=None,
-                               checkpoint_path=None, config_path=None, strict: bool = True
-                               ) -> None:
+def check_checkpoint_for_model(model: nn.Module, state_dict: dict, cfg: Optional[Config] = None,
+                               checkpoint_path: Optional[PathLike] = None,
+                               config_path: Optional[PathLike] = None, strict: bool = True) -> None:
     """Raise a one-line :class:`CheckpointError` when ``state_dict`` cannot load into ``model``.
 
     Checked, in order: an adapter-only checkpoint used without backbone weights (names the

@@ -7,8 +7,9 @@ work (:func:`~.layout.adapter_method`: ``meta['peft']`` -> :mod:`~.peft_adapter`
 ``tools/test.py`` and the hooks call these.
 """
 import os
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
+from mmengine.config import Config
 from torch import nn
 
 from soma.models.adapters.base import BackboneAdapter
@@ -17,8 +18,8 @@ from soma.utils.checkpoint_io import (EMA_STATE_DICT, CheckpointError, get_state
                                       save_checkpoint_file)
 
 from .backbone import backbone_target, fitting_weights, plain_keys, read_converted_backbone
-from .layout import (BACKBONE_PREFIX, EMA_PREFIX, PEFT, adapter_method, file_name,
-                     load_soma_checkpoint_file, strip_ema)
+from .layout import (BACKBONE_PREFIX, EMA_PREFIX, PEFT, CheckpointLike, Device, PathLike,
+                     adapter_method, file_name, load_soma_checkpoint_file, strip_ema)
 from .model_check import check_checkpoint_for_model
 from .peft_adapter import extract_peft, fold_peft, merge_peft
 from .soma_adapter import extract_soma, extract_soma_dgod, fold_soma, merge_soma
@@ -40,8 +41,8 @@ def _peft_method(ckpt: dict, name: str, semantics: Optional[str] = None) -> bool
 
 
 # --------------------------------------------------------------------------- extract / merge / fold
-def extract_soma_weights(full_ckpt, target_modules=None, semantics: Optional[str] = None
-                         ) -> dict:
+def extract_soma_weights(full_ckpt: CheckpointLike, target_modules: Optional[Sequence[str]] = None,
+                         semantics: Optional[str] = None) -> dict:
     """Adapter + head checkpoint of a trained segmentor: SoMA's released layout
     (:func:`.soma_adapter.extract_soma`; ``target_modules`` / ``semantics`` override the recorded
     ones) or a peft model's (:func:`.peft_adapter.extract_peft`)."""
@@ -51,8 +52,9 @@ def extract_soma_weights(full_ckpt, target_modules=None, semantics: Optional[str
     return extract_soma(full_ckpt, target_modules, semantics)
 
 
-def extract_soma_dgod_weights(full_ckpt, target_modules=None, semantics: Optional[str] = None
-                              ) -> dict:
+def extract_soma_dgod_weights(full_ckpt: CheckpointLike,
+                              target_modules: Optional[Sequence[str]] = None,
+                              semantics: Optional[str] = None) -> dict:
     """Adapter + neck + heads checkpoint of a trained detector (no EMA copy)."""
     full_ckpt = load_soma_checkpoint_file(full_ckpt)
     if _peft_method(full_ckpt, 'final checkpoint', semantics):
@@ -60,7 +62,8 @@ def extract_soma_dgod_weights(full_ckpt, target_modules=None, semantics: Optiona
     return extract_soma_dgod(full_ckpt, target_modules, semantics)
 
 
-def merge_soma_weights(backbone_ckpt, adapter_ckpt, device='cpu') -> dict:
+def merge_soma_weights(backbone_ckpt: CheckpointLike, adapter_ckpt: CheckpointLike,
+                       device: Device = 'cpu') -> dict:
     """Full checkpoint = converted backbone + adapter/head checkpoint, the adapted weights
     rebuilt as the adapter's semantics ask (SoMA 'residual': W_res by the SVD init on
     ``device``; peft pissa/olora: peft's residual)."""
@@ -71,7 +74,7 @@ def merge_soma_weights(backbone_ckpt, adapter_ckpt, device='cpu') -> dict:
     return merge_soma(backbone, adapter_ckpt, device=device)
 
 
-def fold_adapters(full_ckpt) -> dict:
+def fold_adapters(full_ckpt: CheckpointLike) -> dict:
     """Fold the adapters of a full checkpoint into plain weights and drop them (and the EMA
     copy): a plain backbone + head checkpoint for the config without ``lora_cfg`` /
     ``peft_cfg``."""
@@ -81,15 +84,16 @@ def fold_adapters(full_ckpt) -> dict:
     return fold_soma(full_ckpt)
 
 
-def generate_full_weights(backbone_ckpt, soma_ckpt, merge_adapters: bool = False,
-                          device='cpu') -> dict:
+def generate_full_weights(backbone_ckpt: CheckpointLike, soma_ckpt: CheckpointLike,
+                          merge_adapters: bool = False, device: Device = 'cpu') -> dict:
     """A full checkpoint for evaluation from a converted backbone and an adapter checkpoint:
     :func:`merge_soma_weights`, folded by :func:`fold_adapters` with ``merge_adapters``."""
     full = merge_soma_weights(backbone_ckpt, soma_ckpt, device=device)
     return fold_adapters(full) if merge_adapters else full
 
 
-def extract_file(final_ckpt, soma_ckpt, target_modules=None, dgod: bool = False,
+def extract_file(final_ckpt: CheckpointLike, soma_ckpt: PathLike,
+                 target_modules: Optional[Sequence[str]] = None, dgod: bool = False,
                  semantics: Optional[str] = None) -> str:
     """Extract from a file (or dict) and save (``.pth`` or ``.safetensors``, atomically)."""
     fn = extract_soma_dgod_weights if dgod else extract_soma_weights
@@ -97,8 +101,8 @@ def extract_file(final_ckpt, soma_ckpt, target_modules=None, dgod: bool = False,
     return os.fspath(soma_ckpt)
 
 
-def merge_file(backbone_ckpt, soma_ckpt, merged_ckpt, merge_adapters: bool = False,
-               device='cpu') -> str:
+def merge_file(backbone_ckpt: CheckpointLike, soma_ckpt: CheckpointLike, merged_ckpt: PathLike,
+               merge_adapters: bool = False, device: Device = 'cpu') -> str:
     """Merge files and save the full checkpoint (atomically); the output path."""
     save_checkpoint_file(generate_full_weights(backbone_ckpt, soma_ckpt, merge_adapters,
                                                device), merged_ckpt)
@@ -106,7 +110,8 @@ def merge_file(backbone_ckpt, soma_ckpt, merged_ckpt, merge_adapters: bool = Fal
 
 
 # --------------------------------------------------------------------------- loading
-def prepare_checkpoint(checkpoint, backbone=None, device='cpu') -> dict:
+def prepare_checkpoint(checkpoint: CheckpointLike, backbone: Optional[CheckpointLike] = None,
+                       device: Device = 'cpu') -> dict:
     """The checkpoint dict to load: the file itself, or merged with ``backbone`` when given."""
     ckpt = load_soma_checkpoint_file(checkpoint)
     if backbone is not None:
@@ -118,9 +123,10 @@ def prepare_checkpoint(checkpoint, backbone=None, device='cpu') -> dict:
     return ckpt
 
 
-def load_soma_checkpoint(model: nn.Module, checkpoint, backbone=None, cfg=None,
-                         config_path=None, use_ema: bool = False, strict: bool = True,
-                         device='cpu') -> dict:
+def load_soma_checkpoint(model: nn.Module, checkpoint: CheckpointLike,
+                         backbone: Optional[CheckpointLike] = None, cfg: Optional[Config] = None,
+                         config_path: Optional[PathLike] = None, use_ema: bool = False,
+                         strict: bool = True, device: Device = 'cpu') -> dict:
     """Check, then load a (possibly adapter-only) checkpoint into ``model``; returns the dict.
 
     ``backbone``: a converted backbone merged in first (:func:`merge_soma_weights`).
@@ -155,8 +161,8 @@ def adapter_contents(ckpt: dict, adapter: BackboneAdapter) -> Tuple[bool, bool]:
                               for n in layers)
 
 
-def complete_checkpoint(model: nn.Module, checkpoint: dict, source, strict: bool = True
-                        ) -> List[str]:
+def complete_checkpoint(model: nn.Module, checkpoint: dict, source: CheckpointLike,
+                        strict: bool = True) -> List[str]:
     """Complete ``checkpoint`` (a dict about to be loaded into ``model``) in place with the
     converted backbone ``source``; return the added state-dict keys.
 

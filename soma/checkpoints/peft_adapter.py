@@ -30,7 +30,7 @@ from soma.models.adapters.peft_tuner import (BASE_RESIDUAL, PeftTuner, apply_pef
                                              weight_init_kind)
 from soma.utils.checkpoint_io import EMA_STATE_DICT, CheckpointError, get_state_dict
 
-from .layout import (BACKBONE_PREFIX, EMA_PREFIX, PEFT, check_adapter_keys_fit, copied_meta,
+from .layout import (BACKBONE_PREFIX, EMA_PREFIX, PEFT, Device, check_adapter_keys_fit, copied_meta,
                      peft_meta_of)
 from .skeleton import linear_skeleton
 
@@ -163,7 +163,8 @@ def _residual_base_weights(backbone: dict, layers, meta: dict, device='cpu') -> 
             for n, m in adapter.adapted_layers().items()}
 
 
-def merge_peft(backbone: Dict[str, torch.Tensor], adapter_ckpt: dict, device='cpu') -> dict:
+def merge_peft(backbone: Dict[str, torch.Tensor], adapter_ckpt: dict, device: Device = 'cpu'
+               ) -> dict:
     """Full checkpoint = converted backbone (plain keys) + peft adapter/head checkpoint.
 
     The backbone's keys get ``backbone.`` (and ``module.backbone.`` in the EMA copy, made only

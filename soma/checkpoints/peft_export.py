@@ -21,8 +21,8 @@ from soma.utils.checkpoint_io import (EMA_STATE_DICT, CheckpointError, get_state
                                       save_checkpoint_file)
 
 from .backbone import read_converted_backbone
-from .layout import (EMA_PREFIX, SOMA, SOMA_LORA_A, SOMA_LORA_B, SOMA_PREFIX,
-                     checkpoint_semantics, load_soma_checkpoint_file)
+from .layout import (EMA_PREFIX, SOMA, SOMA_LORA_A, SOMA_LORA_B, SOMA_PREFIX, CheckpointLike,
+                     Device, PathLike, checkpoint_semantics, load_soma_checkpoint_file)
 from .skeleton import float32_weights
 from .soma_adapter import (adapter_ranks, check_adapter_fits, check_layer_sets, merge_soma,
                            output_meta, require_adapters, skeleton_soma_model, soma_config_of)
@@ -31,9 +31,9 @@ __all__ = ['soma_delta_model', 'extract_peft_dir', 'merge_soma_weights_with_peft
            'merge_peft_file']
 
 
-def soma_delta_model(ckpt, backbone_ckpt, device='cpu', semantics: Optional[str] = None
-                     ) -> Tuple[SoMAModel, Optional[Dict[str, Tuple[torch.Tensor,
-                                                                    torch.Tensor]]]]:
+def soma_delta_model(ckpt: CheckpointLike, backbone_ckpt: CheckpointLike, device: Device = 'cpu',
+                     semantics: Optional[str] = None
+                     ) -> Tuple[SoMAModel, Optional[Dict[str, Tuple[torch.Tensor, torch.Tensor]]]]:
     """A checkpoint's trained adapters on the converted backbone, ready for a peft export.
 
     Returns ``(soma_model, initial)``: a ``SoMAModel`` around the adapted layers of the
@@ -73,8 +73,8 @@ def soma_delta_model(ckpt, backbone_ckpt, device='cpu', semantics: Optional[str]
     return model.to('cpu'), initial
 
 
-def extract_peft_dir(ckpt, backbone_ckpt, directory, device='cpu',
-                     semantics: Optional[str] = None) -> Dict[str, str]:
+def extract_peft_dir(ckpt: CheckpointLike, backbone_ckpt: CheckpointLike, directory: PathLike,
+                     device: Device = 'cpu', semantics: Optional[str] = None) -> Dict[str, str]:
     """Write a checkpoint's adapters as a peft LoRA folder over the converted backbone.
 
     ``PeftModel.from_pretrained(<plain DINOv2 with the converted weights>, directory)`` then
@@ -114,7 +114,8 @@ def _residual_weights_from_peft(backbone: dict, adapter: dict, peft_layers: dict
     return out
 
 
-def merge_soma_weights_with_peft(backbone_ckpt, adapter_ckpt, peft_dir, device='cpu') -> dict:
+def merge_soma_weights_with_peft(backbone_ckpt: CheckpointLike, adapter_ckpt: CheckpointLike,
+                                 peft_dir: PathLike, device: Device = 'cpu') -> dict:
     """:func:`soma.checkpoints.merge_soma_weights` without its SVD: W_res comes from the peft
     folder.
 
@@ -141,7 +142,8 @@ def merge_soma_weights_with_peft(backbone_ckpt, adapter_ckpt, peft_dir, device='
     return merge_soma(backbone, completed, device=device)
 
 
-def merge_peft_file(backbone_ckpt, soma_ckpt, peft_dir, merged_ckpt, device='cpu') -> str:
+def merge_peft_file(backbone_ckpt: CheckpointLike, soma_ckpt: CheckpointLike, peft_dir: PathLike,
+                    merged_ckpt: PathLike, device: Device = 'cpu') -> str:
     """:func:`merge_soma_weights_with_peft` from files, saved atomically; the output path."""
     save_checkpoint_file(merge_soma_weights_with_peft(backbone_ckpt, soma_ckpt, peft_dir,
                                                       device), merged_ckpt)

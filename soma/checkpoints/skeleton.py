@@ -5,7 +5,7 @@ plain ``nn.Linear`` modules at their names (:func:`linear_skeleton`), put the me
 adapter on them (SoMA's ``SoMAModel`` or peft's tuner, on the same names and config as in
 training) and let the method compute what it computes in the model.
 """
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterable, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -35,7 +35,8 @@ def linear_skeleton(weights: Dict[str, Tuple[torch.Tensor, Optional[torch.Tensor
     return root
 
 
-def float32_weights(state_dict: Dict[str, torch.Tensor], layers, device='cpu'
+def float32_weights(state_dict: Dict[str, torch.Tensor], layers: Iterable[str],
+                    device: Union[str, torch.device] = 'cpu'
                     ) -> Dict[str, Tuple[torch.Tensor, Optional[torch.Tensor]]]:
     """``{layer: (weight, bias or None)}`` of ``layers`` from a plain state dict, float32 on
     ``device`` (what :func:`linear_skeleton` takes)."""

@@ -23,7 +23,7 @@ keys (:func:`soma.checkpoints.backbone.read_converted_backbone`); the public ope
 :mod:`soma.checkpoints` read the files and choose between this module and its sibling
 :mod:`soma.checkpoints.peft_adapter`.
 """
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Set
 
 import torch
 from torch import nn
@@ -34,7 +34,7 @@ from soma.peft.config import (ADAPTER_KEYWORD, DEFAULT_TARGET_MODULES, RANK_RAMP
 from soma.peft.model import SoMAModel, block_index, is_target_name
 from soma.utils.checkpoint_io import EMA_STATE_DICT, CheckpointError, get_state_dict
 
-from .layout import (BACKBONE_PREFIX, DINOV2_LAYERS_PATTERN, EMA_PREFIX, HEAD_PREFIX, SOMA,
+from .layout import (BACKBONE_PREFIX, DINOV2_LAYERS_PATTERN, Device, EMA_PREFIX, HEAD_PREFIX, SOMA,
                      SOMA_LORA_A, SOMA_LORA_B, SOMA_PREFIX, checkpoint_meta,
                      checkpoint_semantics, check_adapter_keys_fit, copied_meta, few,
                      recorded_lora_cfg, strip_ema)
@@ -67,7 +67,8 @@ def _adapted_blocks(state_dict: dict, layers_pattern=DINOV2_LAYERS_PATTERN):
 
 
 def is_adapter_key(key: str, target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
-                   adapted_blocks=None, layers_pattern=DINOV2_LAYERS_PATTERN) -> bool:
+                   adapted_blocks: Optional[Set[int]] = None,
+                   layers_pattern: Optional[str] = DINOV2_LAYERS_PATTERN) -> bool:
     """Whether a segmentor key belongs in an adapter checkpoint (``module.`` EMA keys too).
 
     True for the mask token, every ``lora`` key and the biases of the target layers
@@ -157,8 +158,7 @@ def soma_config_of(soma_meta: dict, layers: Dict[str, int], name: str = 'adapter
     return release_adapter_config(layers, name)
 
 
-def release_adapter_config(layers: Dict[str, int], name: str = 'adapter checkpoint'
-                           ) -> SoMAConfig:
+def release_adapter_config(layers: Dict[str, int], name: str = 'adapter checkpoint') -> SoMAConfig:
     """The adapter config of a checkpoint that records none (the release's), from its ranks.
 
     ``layers``: ``{layer name (blocks.<i>....): rank of its lora_A}``. The release always
@@ -227,8 +227,8 @@ def check_layer_sets(adapted: Dict[str, nn.Module], layers: Dict[str, int], wher
                 f'checkpoint has r={layers[name]}, its adapter config gives r={module.r}')
 
 
-def residual_weights(backbone: Dict[str, torch.Tensor], layers: Dict[str, int],
-                     soma_meta: dict, device='cpu') -> Dict[str, torch.Tensor]:
+def residual_weights(backbone: Dict[str, torch.Tensor], layers: Dict[str, int], soma_meta: dict,
+                     device: Device = 'cpu') -> Dict[str, torch.Tensor]:
     """``{layer.weight: W_res}``: the SoMA initialisation re-run on the pretrained weights."""
     if not layers:
         return {}
@@ -241,7 +241,8 @@ def residual_weights(backbone: Dict[str, torch.Tensor], layers: Dict[str, int],
 
 
 # --------------------------------------------------------------------------- extract
-def extract_soma(full_ckpt: dict, target_modules=None, semantics: Optional[str] = None) -> dict:
+def extract_soma(full_ckpt: dict, target_modules: Optional[Sequence[str]] = None,
+                 semantics: Optional[str] = None) -> dict:
     """Adapter + head checkpoint of a trained segmentor (the released layout, SPEC 4): the
     mask token, every ``lora`` key, the target biases of the adapted blocks (the others are
     frozen) and every ``decode_head.*`` key, of ``state_dict`` and ``ema_state_dict``;
@@ -263,8 +264,8 @@ def extract_soma(full_ckpt: dict, target_modules=None, semantics: Optional[str] 
     return out
 
 
-def extract_soma_dgod(full_ckpt: dict, target_modules=None, semantics: Optional[str] = None
-                 ) -> dict:
+def extract_soma_dgod(full_ckpt: dict, target_modules: Optional[Sequence[str]] = None,
+                      semantics: Optional[str] = None) -> dict:
     """Adapter + neck + heads checkpoint of a trained detector: every key without
     ``backbone``, plus the mask token, the ``lora`` keys and the target biases; no EMA."""
     state_dict = get_state_dict(full_ckpt)
@@ -279,7 +280,8 @@ def extract_soma_dgod(full_ckpt: dict, target_modules=None, semantics: Optional[
 
 
 # --------------------------------------------------------------------------- merge
-def merge_soma(backbone: Dict[str, torch.Tensor], adapter_ckpt: dict, device='cpu') -> dict:
+def merge_soma(backbone: Dict[str, torch.Tensor], adapter_ckpt: dict, device: Device = 'cpu'
+               ) -> dict:
     """Full checkpoint = converted backbone (plain keys) + adapter/head checkpoint (SPEC 4).
 
     Backbone keys get ``backbone.model.`` (and ``module.backbone.model.`` in the EMA copy,

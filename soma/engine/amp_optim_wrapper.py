@@ -7,12 +7,14 @@ loss scaling is needed and ``backward``/``step`` are plain ``OptimWrapper``'s. P
 gradients and optimizer states stay float32; float64 work (the SoMA SVD) is never cast.
 """
 from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from mmengine.device import get_device
 from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 from mmengine.runner.amp import autocast
+from torch import nn
 
 __all__ = ['AutocastOptimWrapper']
 
@@ -38,7 +40,8 @@ class AutocastOptimWrapper(OptimWrapper):
         self.device_type = device_type or get_device()
 
     @contextmanager
-    def optim_context(self, model):
+    def optim_context(self, model: nn.Module) -> Iterator[None]:
+        """The parent context (gradient accumulation) inside ``torch.autocast``."""
         with super().optim_context(model), autocast(device_type=self.device_type,
                                                      dtype=self.cast_dtype):
             yield

@@ -1,9 +1,10 @@
 """Hooks: weight-decay logging, loading a converted backbone, adapter checkpoint metadata."""
 import os
-from typing import List
+from typing import Dict, List, Optional, Tuple
 
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
+from mmengine.runner import Runner
 from torch import nn
 
 from soma.checkpoints import (adapter_contents, complete_checkpoint, load_backbone_weights,
@@ -50,7 +51,7 @@ class WeightDecayLoggingHook(Hook):
             raise ValueError(f'WeightDecayLoggingHook: interval must be >= 1, got {interval}')
         self.interval = int(interval)
 
-    def current_weight_decays(self, runner):
+    def current_weight_decays(self, runner: Runner) -> Dict[str, Tuple[float, float]]:
         """``{key: current weight decay}`` of the distinct groups."""
         values = {}
         for prefix, optimizer in _optimizers(runner.optim_wrapper):
@@ -62,7 +63,9 @@ class WeightDecayLoggingHook(Hook):
                                   (initial, float(group['weight_decay'])))
         return values
 
-    def before_train_iter(self, runner, batch_idx, data_batch=None):
+    def before_train_iter(self, runner: Runner, batch_idx: int, data_batch: Optional[dict] = None
+                          ) -> None:
+        """Log the decays at the first, every ``interval``-th and the last iteration."""
         if not (runner.iter == 0 or self.every_n_train_iters(runner, self.interval)
                 or self.is_last_train_iter(runner)):
             return
@@ -107,14 +110,14 @@ class LoadBackboneHook(Hook):
         self.checkpoint_path = os.fspath(checkpoint_path)
         self.strict = strict
 
-    def before_run(self, runner) -> None:
+    def before_run(self, runner: Runner) -> None:
         """Load the converted backbone into the model's backbone."""
         loaded = load_backbone_weights(unwrap_model(runner.model), self.checkpoint_path,
                                        self.strict)
         runner.logger.info(f'LoadBackboneHook: loaded {len(loaded)} backbone tensors from '
                            f'{self.checkpoint_path}')
 
-    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+    def after_load_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
         """Complete the loaded checkpoint with the converted backbone (in place)."""
         added = complete_checkpoint(unwrap_model(runner.model), checkpoint,
                                     self.checkpoint_path, self.strict)
@@ -147,7 +150,7 @@ class LegacyKeysHook(Hook):
 
     priority = 'HIGHEST'
 
-    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+    def after_load_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
         """Rename the release's Co-DETR keys of ``checkpoint`` in place."""
         renamed = rename_legacy_codetr_checkpoint(checkpoint, 'the loaded checkpoint')
         if renamed is not checkpoint:
@@ -175,14 +178,14 @@ class SoMAMetaHook(Hook):
 
     priority = 'VERY_LOW'
 
-    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+    def before_save_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
         """Record the adapter's ``checkpoint_meta()`` under its meta key."""
         backbone = getattr(unwrap_model(runner.model), 'backbone', None)
         adapter = adapter_of(backbone) if backbone is not None else None
         if adapter is not None:
             checkpoint.setdefault('meta', {})[adapter.meta_key] = adapter.checkpoint_meta()
 
-    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+    def after_load_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
         """Let the adapters adopt (or refuse) the loaded checkpoint's meta."""
         adapters = _adapters(runner)
         if not adapters:

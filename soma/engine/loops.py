@@ -26,14 +26,15 @@ from mmengine.runner import IterBasedTrainLoop
 from mmengine.runner.base_loop import BaseLoop
 from mmengine.runner.loops import _InfiniteDataloaderIterator
 from mmengine.runner.utils import calc_dynamic_intervals
+from torch import nn
 from torch.utils.data import DataLoader
 
 from soma.registry import register_loop
 
-__all__ = ['FastResumeIterBasedTrainLoop', 'derive_seed']
+__all__ = ['FastResumeIterBasedTrainLoop', 'ResumableBatchSampler', 'derive_seed']
 
 
-def derive_seed(*entropy):
+def derive_seed(*entropy) -> int:
     """A 32-bit seed that is a pure function of the given non-negative integers."""
     return int(np.random.SeedSequence([int(e) % (2**63) for e in entropy]).generate_state(1)[0])
 
@@ -64,7 +65,7 @@ class _SeededDataset:
         return getattr(self.dataset, name)
 
 
-class _ResumableBatchSampler:
+class ResumableBatchSampler:
     """Batch sampler that yields ``[(seed, index), ...]`` and can skip batches cheaply."""
 
     def __init__(self, batch_sampler, seed, rank):
@@ -116,7 +117,7 @@ class FastResumeIterBasedTrainLoop(IterBasedTrainLoop):
         if loader.batch_sampler is None:
             raise ValueError('FastResumeIterBasedTrainLoop needs a batched train_dataloader '
                              '(batch_size or batch_sampler set)')
-        self._batch_sampler = _ResumableBatchSampler(loader.batch_sampler, runner.seed or 0,
+        self._batch_sampler = ResumableBatchSampler(loader.batch_sampler, runner.seed or 0,
                                                      runner.rank)
         self.dataloader = _clone_loader(loader, _SeededDataset(loader.dataset),
                                         self._batch_sampler)
@@ -149,7 +150,8 @@ class FastResumeIterBasedTrainLoop(IterBasedTrainLoop):
             sampler.seed = seed
             sampler.indices = sampler._indices_of_rank()
 
-    def run(self):
+    def run(self) -> nn.Module:
+        """Train, skipping the batches of a resumed run without loading them."""
         self.runner.call_hook('before_train')
         self.runner.call_hook('before_train_epoch')
         self._sync_sampler_seed()

@@ -13,8 +13,11 @@ layer with ``merge()``) are merged the same way: peft's own ``merge()``, then th
 layer's parameters (weight, and the bias ``lora_bias`` changes) copied back, the layer
 marked unmerged and the caches its merge added (DoRA's weight norm) dropped.
 """
+from typing import Optional, Sequence
+
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
+from mmengine.runner import Runner
 from torch import nn
 
 from soma.engine.hooks import unwrap_model
@@ -67,7 +70,7 @@ class MergeAdaptersHook(Hook):
             restore()
         self._restore = []
 
-    def _before(self, runner, loop: str, dataloader) -> None:
+    def _before(self, runner: Runner, loop: str, dataloader) -> None:
         if len(dataloader) == 0:
             return
         count = self.merge(runner.model)
@@ -78,22 +81,30 @@ class MergeAdaptersHook(Hook):
         if self._restore and batch_idx == len(dataloader) - 1:
             self.restore()
 
-    def before_val_epoch(self, runner):
+    def before_val_epoch(self, runner: Runner) -> None:
+        """Merge before the validation loop (``on_val``)."""
         if self.on_val:
             self._before(runner, 'val', runner.val_loop.dataloader)
 
-    def after_val_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+    def after_val_iter(self, runner: Runner, batch_idx: int, data_batch: Optional[dict] = None,
+                       outputs: Optional[Sequence] = None) -> None:
+        """Restore after the last validation iteration."""
         self._restore_after_last(runner.val_loop.dataloader, batch_idx)
 
-    def after_val_epoch(self, runner, metrics=None):
+    def after_val_epoch(self, runner: Runner, metrics: Optional[dict] = None) -> None:
+        """Restore (a no-op unless the loop ended early)."""
         self.restore()  # a no-op unless the loop ended early
 
-    def before_test_epoch(self, runner):
+    def before_test_epoch(self, runner: Runner) -> None:
+        """Merge before the test loop (``on_test``)."""
         if self.on_test:
             self._before(runner, 'test', runner.test_loop.dataloader)
 
-    def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+    def after_test_iter(self, runner: Runner, batch_idx: int, data_batch: Optional[dict] = None,
+                        outputs: Optional[Sequence] = None) -> None:
+        """Restore after the last test iteration."""
         self._restore_after_last(runner.test_loop.dataloader, batch_idx)
 
-    def after_test_epoch(self, runner, metrics=None):
+    def after_test_epoch(self, runner: Runner, metrics: Optional[dict] = None) -> None:
+        """Restore (a no-op unless the loop ended early)."""
         self.restore()

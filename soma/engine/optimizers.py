@@ -2,10 +2,12 @@
 import inspect
 import logging
 from collections import OrderedDict
+from typing import List
 
 from mmengine.logging import MMLogger, print_log
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.registry import OPTIM_WRAPPERS, OPTIMIZERS
+from torch import nn
 
 from soma.registry import register_optim_wrapper_constructor
 
@@ -61,7 +63,7 @@ class PEFTOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         optim_wrapper_cfg.setdefault('type', 'OptimWrapper')
         return OPTIM_WRAPPERS.build(optim_wrapper_cfg, default_args=dict(optimizer=optimizer))
 
-    def log_trainable(self, model, params):
+    def log_trainable(self, model: nn.Module, params: List[dict]) -> dict:
         """Log trainable counts in total and per distinct group setting; return them."""
         names = {id(p): n for n, p in model.named_parameters()}
         total = sum(p.numel() for p in model.parameters())

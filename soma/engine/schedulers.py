@@ -18,6 +18,7 @@ For ``param_name='weight_decay'`` each group follows the closed form from its ow
 (e.g. ``lr``) it is exactly mmengine's scheduler (chainable form), so nothing else changes.
 """
 import math
+from typing import Optional
 
 from mmengine.optim.scheduler import CosineAnnealingParamScheduler as _MMEngineCosine
 
@@ -26,7 +27,8 @@ from soma.registry import register_param_scheduler
 __all__ = ['CosineAnnealingParamScheduler', 'cosine_weight_decay']
 
 
-def cosine_weight_decay(wd0, step, t_max, eta_min=None, eta_min_ratio=None):
+def cosine_weight_decay(wd0: float, step: int, t_max: int, eta_min: Optional[float] = None,
+                        eta_min_ratio: Optional[float] = None) -> float:
     """The weight decay of a group starting at ``wd0`` after ``step`` steps (0 stays 0)."""
     if wd0 == 0:
         return 0.0

@@ -9,8 +9,12 @@ records nothing, so the default runtime configs can list it next to the json bac
 import importlib
 import logging
 import os
+from typing import Optional
+
+import numpy as np
 
 from mmdet.registry import VISBACKENDS as DET_VISBACKENDS
+from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.visualization import TensorboardVisBackend
 from mmengine.visualization.vis_backend import force_init_env
@@ -49,31 +53,37 @@ class OptionalTensorboardVisBackend(TensorboardVisBackend):
 
     @property
     @force_init_env
-    def experiment(self):
+    def experiment(self) -> Optional[object]:
         """The ``SummaryWriter``, or None when TensorBoard is off."""
         return self._tensorboard if self.enabled else None
 
     @force_init_env
-    def add_config(self, config, **kwargs):
+    def add_config(self, config: Config, **kwargs) -> None:
+        """TensorBoard's ``add_config`` when enabled."""
         if self.enabled:
             super().add_config(config, **kwargs)
 
     @force_init_env
-    def add_image(self, name, image, step=0, **kwargs):
+    def add_image(self, name: str, image: np.ndarray, step: int = 0, **kwargs) -> None:
+        """TensorBoard's ``add_image`` when enabled."""
         if self.enabled:
             super().add_image(name, image, step, **kwargs)
 
     @force_init_env
-    def add_scalar(self, name, value, step=0, **kwargs):
+    def add_scalar(self, name: str, value: float, step: int = 0, **kwargs) -> None:
+        """TensorBoard's ``add_scalar`` when enabled."""
         if self.enabled:
             super().add_scalar(name, value, step, **kwargs)
 
     @force_init_env
-    def add_scalars(self, scalar_dict, step=0, file_path=None, **kwargs):
+    def add_scalars(self, scalar_dict: dict, step: int = 0, file_path: Optional[str] = None,
+                    **kwargs) -> None:
+        """TensorBoard's ``add_scalars`` when enabled."""
         if self.enabled:
             super().add_scalars(scalar_dict, step, file_path, **kwargs)
 
-    def close(self):
+    def close(self) -> None:
+        """Close the writer when enabled."""
         if self.enabled:
             super().close()
 

@@ -1,12 +1,16 @@
 """Atomic checkpoint writes: a write that fails after its temporary file is complete leaves
 nothing behind (the folder listing is what it was) and an existing target intact."""
 import os
+import sys
 
 import pytest
 import torch
 
 import soma  # noqa: F401
 from soma.utils.checkpoint_io import load_checkpoint_file, save_checkpoint_file
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'tools'))
+from _ckpt_fixtures import converted_backbone, release_full_checkpoint  # noqa: E402
 
 ONE_THREAD = True
 
@@ -53,3 +57,48 @@ def test_a_failed_write_leaves_the_folder_as_it_was(tmp_path, monkeypatch, suffi
     with pytest.raises(Exception):
         save_checkpoint_file(bad, target)
     assert _listing(tmp_path) == before
+
+
+# ------------------------------------------------------------------ folders (peft export)
+def _peft_export(tmp_path):
+    backbone = converted_backbone(seed=0)
+    return backbone, release_full_checkpoint(backbone, r=4, start=2, ema=False)
+
+
+def test_a_failed_folder_export_leaves_the_earlier_one(tmp_path, monkeypatch):
+    from peft import LoraConfig
+
+    from soma.checkpoints import extract_peft_dir
+    backbone, full = _peft_export(tmp_path)
+    out = tmp_path / 'peft'
+    extract_peft_dir(full, backbone, out)
+    before = {p: (out / p).read_bytes() for p in sorted(os.listdir(out))}
+    assert set(before) == {'adapter_config.json', 'adapter_model.safetensors'}
+    parent = _listing(tmp_path)
+
+    def failing_config_write(*args, **kwargs):  # the weights are written, the config fails
+        raise OSError(28, 'No space left on device')
+
+    monkeypatch.setattr(LoraConfig, 'save_pretrained', failing_config_write)
+    full['state_dict']['backbone.model.blocks.3.mlp.fc2.lora_B.weight'] += 1.0
+    with pytest.raises(OSError, match='No space left'):
+        extract_peft_dir(full, backbone, out)
+    monkeypatch.undo()
+    assert _listing(tmp_path) == parent  # no temporary folder left beside it
+    assert {p: (out / p).read_bytes() for p in sorted(os.listdir(out))} == before
+    # a later export replaces the earlier one as a whole
+    extract_peft_dir(full, backbone, out)
+    assert (out / 'adapter_model.safetensors').read_bytes() != before[
+        'adapter_model.safetensors']
+
+
+def test_a_folder_with_other_files_is_not_overwritten(tmp_path):
+    from soma.checkpoints import extract_peft_dir
+    backbone, full = _peft_export(tmp_path)
+    out = tmp_path / 'mine'
+    out.mkdir()
+    (out / 'notes.txt').write_text('keep me')
+    with pytest.raises(FileExistsError, match='not an empty folder'):
+        extract_peft_dir(full, backbone, out)
+    assert os.listdir(out) == ['notes.txt']
+

@@ -10,7 +10,7 @@ import soma  # noqa: F401
 from soma import checkpoints as ck
 from soma.utils.checkpoint_io import load_checkpoint_file, save_checkpoint_file
 
-sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'tools'))
+sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'tools'))  # shared helpers
 from _ckpt_fixtures import converted_backbone, release_full_checkpoint  # noqa: E402
 
 ONE_THREAD = True

@@ -12,7 +12,7 @@ from mmengine.runner import Runner
 import soma  # noqa: F401
 from soma.apis.demo import demo_config
 from soma.datasets import make_synthetic_dg_benchmark
-from soma.engine.loops import _ResumableBatchSampler
+from soma.engine.loops import ResumableBatchSampler
 from soma.utils.checkpoint_io import CheckpointError, load_checkpoint_file
 from conftest import TINY_FCN_HEAD  # noqa: E402
 
@@ -124,10 +124,10 @@ def test_resumable_batch_sampler_skips_indices_only():
     from mmengine.dataset import InfiniteSampler
     from torch.utils.data import BatchSampler
     dataset = list(range(10))
-    ref = _ResumableBatchSampler(BatchSampler(InfiniteSampler(dataset, seed=1), 3, False), 7, 0)
+    ref = ResumableBatchSampler(BatchSampler(InfiniteSampler(dataset, seed=1), 3, False), 7, 0)
     it = iter(ref)
     batches = [next(it) for _ in range(5)]
-    skipping = _ResumableBatchSampler(BatchSampler(InfiniteSampler(dataset, seed=1), 3, False),
+    skipping = ResumableBatchSampler(BatchSampler(InfiniteSampler(dataset, seed=1), 3, False),
                                       7, 0)
     skipping.skip = 3
     it = iter(skipping)

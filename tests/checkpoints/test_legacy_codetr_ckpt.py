@@ -24,7 +24,7 @@ from soma.checkpoints import rename_legacy_codetr_keys
 from soma.registry import DET_MODELS
 from soma.utils.checkpoint_io import load_checkpoint_file, save_checkpoint_file
 
-sys.path.insert(0, osp.dirname(__file__))
+sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'tools'))  # shared helpers
 from _tool_runner import tool_main  # noqa: E402
 
 DEFAULT_SCOPE = 'mmdet'

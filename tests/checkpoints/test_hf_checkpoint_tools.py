@@ -31,7 +31,7 @@ from soma.models.peft_backbone import (init_soma_after_weights, merge_and_unload
                                        wrap_backbone)
 from soma.utils.checkpoint_io import CheckpointError, load_checkpoint_file, save_checkpoint_file
 
-sys.path.insert(0, osp.dirname(__file__))
+sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'tools'))  # shared helpers
 from _tool_runner import tool_main  # noqa: E402
 
 SIZE = 64

@@ -20,7 +20,7 @@ from soma.models.peft_backbone import (init_soma_after_weights, merge_and_unload
 from soma.models.adapters.peft_tuner import build_peft_config, peft_cfg_of
 from soma.utils.checkpoint_io import CheckpointError, load_checkpoint_file
 
-sys.path.insert(0, osp.dirname(__file__))
+sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'tools'))  # shared helpers
 from _tool_runner import REPO, tool_main  # noqa: E402
 
 TARGETS = ['q', 'k', 'v', 'proj', 'fc1', 'fc2']

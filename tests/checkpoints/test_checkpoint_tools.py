@@ -9,7 +9,7 @@ import torch
 from soma import checkpoints as ck
 from soma.utils.checkpoint_io import CheckpointError, load_checkpoint_file, save_checkpoint_file
 
-sys.path.insert(0, osp.dirname(__file__))
+sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'tools'))  # shared helpers
 from _tool_runner import tool_main, tool_subprocess  # noqa: E402
 from _ckpt_fixtures import (TARGETS, converted_backbone, head_state_dict,  # noqa: E402
                             release_full_checkpoint)
@@ -198,7 +198,7 @@ def test_cli_dgod_extract(tmp_path):
 
 
 # ----------------------------------------------------------------------------- with a model
-TINY_CONFIG = osp.join(osp.dirname(__file__), 'tiny_seg_config.py')
+TINY_CONFIG = osp.join(osp.dirname(osp.dirname(__file__)), 'tools', 'tiny_seg_config.py')
 
 
 def _perturb_trainable(model, seed=5):

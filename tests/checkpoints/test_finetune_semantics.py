@@ -20,7 +20,7 @@ from soma.apis.inference import inference_model, init_model
 from soma.datasets import make_synthetic_dg_benchmark
 from soma.utils.checkpoint_io import load_checkpoint_file, save_checkpoint_file
 
-sys.path.insert(0, osp.dirname(__file__))
+sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'tools'))  # shared helpers
 from _tool_runner import tool_main  # noqa: E402
 from _ckpt_fixtures import converted_backbone  # noqa: E402
 from conftest import TINY_FCN_HEAD  # noqa: E402
