@@ -16,8 +16,8 @@ import os.path as osp
 import numpy as np
 import torch
 
-__all__ = ['init_model', 'inference_model', 'test_pipeline_of', 'colorize', 'visualize',
-           'CITYSCAPES_PALETTE']
+__all__ = ['load_model_config', 'init_model', 'inference_model', 'test_pipeline_of',
+           'colorize', 'visualize', 'CITYSCAPES_PALETTE']
 
 # Cityscapes train-id palette (19 classes), RGB
 CITYSCAPES_PALETTE = [
@@ -27,7 +27,8 @@ CITYSCAPES_PALETTE = [
     [0, 80, 100], [0, 0, 230], [119, 11, 32]]
 
 
-def _load_config(config, cfg_options=None):
+def load_model_config(config, cfg_options=None):
+    """The ``Config`` of a path, ``Config`` or dict (a copy), with ``cfg_options`` merged in."""
     from mmengine.config import Config
     if isinstance(config, (str, os.PathLike)):
         if not osp.isfile(config):
@@ -87,7 +88,7 @@ def init_model(config, checkpoint=None, device='cpu', backbone=None, cfg_options
     from mmseg.registry import MODELS
 
     from soma.apis.checkpoint import load_soma_checkpoint
-    cfg = _load_config(config, cfg_options)
+    cfg = load_model_config(config, cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     model_cfg = copy.deepcopy(cfg.model)
     model_cfg.pop('pretrained', None)
