@@ -13,7 +13,7 @@ import uuid
 import torch
 
 __all__ = ['load_config', 'set_work_dir', 'setup_launcher', 'check_data_roots', 'run_cli',
-           'unique_visualizer_name', 'amp_dtype', 'enable_amp', 'amp_autocast']
+           'InputsFailed', 'unique_visualizer_name', 'amp_dtype', 'enable_amp', 'amp_autocast']
 
 
 def unique_visualizer_name(cfg):
@@ -195,6 +195,22 @@ def check_data_roots(cfg, loaders=('train_dataloader', 'val_dataloader', 'test_d
                 if sub and not osp.exists(osp.join(root, sub)):
                     raise FileNotFoundError(
                         f'{loader}: {key} folder {osp.join(root, sub)} does not exist')
+
+
+class InputsFailed(ValueError):
+    """Some inputs of a command that takes several could not be used; the others were.
+
+    ``failed``: ``(input, reason)`` pairs, each reason naming its input; ``done``: what the
+    good inputs gave. The message is one line naming every failed input (for
+    :func:`run_cli`); with a single input, just its reason.
+    """
+
+    def __init__(self, failed, done=(), what='inputs'):
+        self.failed, self.done = list(failed), list(done)
+        reasons = '; '.join(reason for _, reason in self.failed)
+        total = len(self.failed) + len(self.done)
+        super().__init__(reasons if total == 1 else
+                         f'{len(self.failed)} of {total} {what} failed: {reasons}')
 
 
 def run_cli(fn, *args, **kwargs):
