@@ -13,6 +13,8 @@ import os
 import os.path as osp
 import time
 
+from soma.apis.launch import leaf_datasets, unique_visualizer_name
+
 __all__ = ['DEMO_CONFIG', 'demo_config', 'check_max_iters', 'set_max_iters', 'set_image_size',
            'run_demo', 'main']
 
@@ -20,14 +22,6 @@ REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo', 'soma_tiny_demo.py')
 NO_PRETRAINED = ('no pretrained weights: the backbone starts from random initialisation, '
                  'numbers are only a smoke test of the pipeline')
-
-
-def _leaf_datasets(dataset):
-    if 'datasets' in dataset:
-        return [leaf for d in dataset['datasets'] for leaf in _leaf_datasets(d)]
-    if 'dataset' in dataset:
-        return _leaf_datasets(dataset['dataset'])
-    return [dataset]
 
 
 def check_max_iters(max_iters):
@@ -72,7 +66,7 @@ def set_image_size(cfg, size):
     cfg.model.data_preprocessor.size = (size, size)
     pipelines = [d['pipeline'] for loader in ('train_dataloader', 'val_dataloader',
                                               'test_dataloader') if cfg.get(loader)
-                 for d in _leaf_datasets(cfg[loader]['dataset'])]
+                 for d in leaf_datasets(cfg[loader]['dataset'])]
     if cfg.get('test_pipeline'):  # what init_model / inference_model use
         pipelines.append(cfg.test_pipeline)
     for pipeline in pipelines:
@@ -91,12 +85,10 @@ def demo_config(data_root, work_dir, max_iters=None, config=DEMO_CONFIG, val=Tru
                 image_size=None):
     """The demo config pointed at ``data_root`` (made by ``make_synthetic_dg_benchmark``)."""
     from mmengine.config import Config
-
-    from soma.apis.launch import unique_visualizer_name
     cfg = Config.fromfile(config)
     data_root = osp.abspath(os.fspath(data_root))
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        for dataset in _leaf_datasets(cfg[loader]['dataset']) if cfg.get(loader) else []:
+        for dataset in leaf_datasets(cfg[loader]['dataset']) if cfg.get(loader) else []:
             dataset['data_root'] = osp.join(data_root, osp.basename(dataset['data_root']))
     cfg.data_root = data_root
     cfg.work_dir = os.fspath(work_dir)

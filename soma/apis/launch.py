@@ -12,8 +12,9 @@ import uuid
 
 import torch
 
-__all__ = ['load_config', 'set_work_dir', 'setup_launcher', 'check_data_roots', 'run_cli',
-           'InputsFailed', 'unique_visualizer_name', 'amp_dtype', 'enable_amp', 'amp_autocast']
+__all__ = ['load_config', 'set_work_dir', 'setup_launcher', 'leaf_datasets', 'check_data_roots',
+           'run_cli', 'InputsFailed', 'unique_visualizer_name', 'amp_dtype', 'enable_amp',
+           'amp_autocast']
 
 
 def unique_visualizer_name(cfg):
@@ -163,24 +164,27 @@ def amp_autocast(enabled=True, device_type=None):
     return torch.autocast(device_type, dtype=getattr(torch, amp_dtype(device_type)))
 
 
-def _dataset_cfgs(dataset):
+def leaf_datasets(dataset):
     """Leaf dataset configs of a (possibly wrapped / concatenated) dataset config."""
     if not isinstance(dataset, dict):
         return []
     if 'datasets' in dataset:
-        return [leaf for d in dataset['datasets'] for leaf in _dataset_cfgs(d)]
+        return [leaf for d in dataset['datasets'] for leaf in leaf_datasets(d)]
     if 'dataset' in dataset:
-        return _dataset_cfgs(dataset['dataset'])
+        return leaf_datasets(dataset['dataset'])
     return [dataset]
 
 
-def check_data_roots(cfg, loaders=('train_dataloader', 'val_dataloader', 'test_dataloader')):
-    """Raise ``FileNotFoundError`` naming the first dataset folder/file that does not exist."""
+def check_data_roots(cfg, loaders=('train_dataloader', 'val_dataloader', 'test_dataloader'),
+                     labels=True):
+    """Raise ``FileNotFoundError`` naming the first dataset folder/file that does not exist
+    (``labels=False``: label folders are not needed, as for an unlabelled test split)."""
+    keys = ('img_path', 'img', 'seg_map_path') if labels else ('img_path', 'img')
     for loader in loaders:
         loader_cfg = cfg.get(loader)
         if not loader_cfg:
             continue
-        for ds in _dataset_cfgs(loader_cfg.get('dataset')):
+        for ds in leaf_datasets(loader_cfg.get('dataset')):
             root = ds.get('data_root') or ''
             if root and not osp.isdir(root):
                 raise FileNotFoundError(
@@ -190,7 +194,7 @@ def check_data_roots(cfg, loaders=('train_dataloader', 'val_dataloader', 'test_d
             if ann and not osp.isfile(osp.join(root, ann)):
                 raise FileNotFoundError(f'{loader}: ann_file {osp.join(root, ann)} does not exist')
             prefix = ds.get('data_prefix') or {}
-            for key in ('img_path', 'img', 'seg_map_path'):
+            for key in keys:
                 sub = prefix.get(key)
                 if sub and not osp.exists(osp.join(root, sub)):
                     raise FileNotFoundError(
