@@ -25,8 +25,8 @@ where supported, else float16 (:func:`soma.apis.launch.amp_autocast`).
 """
 import argparse
 
-from soma.apis.launch import (amp_autocast, check_data_roots, leaf_datasets, load_config,
-                              run_cli, set_work_dir, setup_launcher)
+from soma.apis.launch import (amp_autocast, check_data_roots, cpu_threads, leaf_datasets,
+                              load_config, run_cli, set_work_dir, setup_launcher)
 
 __all__ = ['parse_args', 'build_test_config', 'test', 'main']
 
@@ -158,7 +158,7 @@ def test(args):
     if args.out and _is_det(cfg):
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-    with amp_autocast(getattr(args, 'amp', False)):
+    with amp_autocast(getattr(args, 'amp', False)), cpu_threads(cfg):
         return runner.test()
 
 
