@@ -15,6 +15,7 @@ import time
 
 from soma.apis.launch import (check_max_iters, cpu_threads, leaf_datasets, set_max_iters,
                               unique_visualizer_name)
+from soma.utils.run_lock import work_dir_lock
 
 __all__ = ['DEMO_CONFIG', 'demo_config', 'set_image_size', 'run_demo', 'main']
 
@@ -74,12 +75,13 @@ def run_demo(work_dir='work_dirs/demo', max_iters=None, num_train=64, num_val=12
              image_size=96, seed=0):
     """Run the whole demo; return ``{'metrics': {...}, 'seconds': {...}, 'paths': {...}}``.
 
-    It runs with the demo config's ``cpu_threads`` (1) unless ``OMP_NUM_THREADS`` says
-    otherwise.
+    It holds the lock of its training folder (``WORK_DIR/train``) throughout, and runs with
+    the demo config's ``cpu_threads`` (1) unless ``OMP_NUM_THREADS`` says otherwise.
     """
     check_max_iters(max_iters)  # before anything is written
     work_dir = osp.abspath(work_dir)
-    return _run_demo(work_dir, max_iters, num_train, num_val, image_size, seed)
+    with work_dir_lock(osp.join(work_dir, 'train')):
+        return _run_demo(work_dir, max_iters, num_train, num_val, image_size, seed)
 
 
 def _run_demo(work_dir, max_iters, num_train, num_val, image_size, seed):

@@ -16,18 +16,21 @@ Without the flag the configured learning rate is used as is. ``--amp``: bfloat16
 schedule rescaled to fit (:func:`soma.apis.launch.set_max_iters`; ``--cfg-options
 train_cfg.max_iters=N`` alone leaves the schedulers at the config's length, with a warning).
 
-Torch uses
+One training per work dir: the run holds ``WORK_DIR/train.lock`` (:mod:`soma.utils.run_lock`);
+a second training there stops at once naming the first one's pid. Torch uses
 :func:`soma.apis.launch.cpu_thread_count` CPU threads (``OMP_NUM_THREADS``, else the config's
 ``cpu_threads``, else the free cores).
 """
 import argparse
+import contextlib
 import logging
 import os.path as osp
 
 from mmengine.logging import print_log
 
-from soma.apis.launch import (check_data_roots, cpu_threads, enable_amp, load_config, run_cli,
-                              set_max_iters, set_work_dir, setup_launcher)
+from soma.apis.launch import (check_data_roots, cpu_threads, enable_amp, launch_rank,
+                              load_config, run_cli, set_max_iters, set_work_dir, setup_launcher)
+from soma.utils.run_lock import work_dir_lock
 
 __all__ = ['parse_args', 'build_train_config', 'train', 'main']
 
@@ -102,14 +105,18 @@ def build_train_config(args):
 
 
 def train(args):
-    """Build the Runner from ``args`` (a Namespace or an argv list) and train; return it."""
+    """Build the Runner from ``args`` (a Namespace or an argv list) and train; return it.
+
+    The work dir's lock is taken (by the rank-0 process) before the Runner writes anything.
+    """
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     if not isinstance(args, argparse.Namespace):
         args = parse_args(args)
     cfg = build_train_config(args)
     check_data_roots(cfg, ('train_dataloader', 'val_dataloader'))
-    with cpu_threads(cfg):
+    lock = work_dir_lock(cfg.work_dir) if launch_rank() == 0 else contextlib.nullcontext()
+    with lock, cpu_threads(cfg):
         runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
         runner.train()
     return runner
