@@ -35,6 +35,7 @@ import os
 import os.path as osp
 import statistics
 import time
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -83,7 +84,7 @@ def init_benchmark_model(config, checkpoint=None, device='cpu', backbone=None,
     return init_model(cfg, checkpoint, device=device)
 
 
-def adapter_kind(model):
+def adapter_kind(model: nn.Module) -> Optional[str]:
     """'soma' (a ``SoMAModel`` backbone), 'peft' (a peft-adapted one) or None (no adapters)."""
     backbone = getattr(model, 'backbone', None)
     if isinstance(backbone, SoMAModel):
@@ -93,7 +94,7 @@ def adapter_kind(model):
     return None
 
 
-def forward_logits(model, inputs):
+def forward_logits(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """Segmentation logits of ``inputs`` (``B x 3 x H x W``) at the input size, as mmseg's
     whole-image inference computes them (``model.encode_decode``), without post-processing.
 
@@ -228,7 +229,7 @@ def benchmark(model, shape=(512, 512), batch=1, repeat=10, warmup=2, out=None, d
     return result
 
 
-def parse_args(argv=None):
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """The command line of ``tools/benchmark.py``."""
     from mmengine.config import DictAction
     parser = argparse.ArgumentParser(description='Benchmark merged vs unmerged adapter '
@@ -269,6 +270,6 @@ def _run(args):
         print(f'no adapters in this model: timed as it is (plain); written to {args.out}')
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> int:
     """``tools/benchmark.py``: exit code 0, or 1 with one ``error:`` line."""
     return run_cli(_run, parse_args(argv))

@@ -12,11 +12,17 @@ checkpoint needs ``backbone`` (a converted DINOv2) and gets a clear error otherw
 import copy
 import os
 import os.path as osp
+from typing import TYPE_CHECKING, List, Optional
 
 import numpy as np
 import torch
 
 from soma.apis.launch import InputsFailed, run_cli
+
+if TYPE_CHECKING:
+    import argparse
+
+    from mmengine.config import Config
 
 __all__ = ['load_model_config', 'init_model', 'inference_model', 'test_pipeline_of',
            'colorize', 'read_image', 'visualize', 'parse_args', 'main', 'CITYSCAPES_PALETTE']
@@ -29,7 +35,7 @@ CITYSCAPES_PALETTE = [
     [0, 80, 100], [0, 0, 230], [119, 11, 32]]
 
 
-def load_model_config(config, cfg_options=None):
+def load_model_config(config, cfg_options: Optional[dict] = None) -> 'Config':
     """The ``Config`` of a path, ``Config`` or dict (a copy), with ``cfg_options`` merged in."""
     from mmengine.config import Config
     if isinstance(config, (str, os.PathLike)):
@@ -194,7 +200,7 @@ def colorize(label, palette):
     return out
 
 
-def read_image(path):
+def read_image(path) -> np.ndarray:
     """The image file ``path`` as an HxWx3 BGR uint8 array (what ``LoadImageFromFile``
     gives); an error naming the file when it is missing, empty or not an image."""
     import mmcv
@@ -256,7 +262,7 @@ def visualize(model, images, save_dir, tta=False, palette=None, progress=True):
     return list(written)
 
 
-def parse_args(argv=None):
+def parse_args(argv: Optional[List[str]] = None) -> 'argparse.Namespace':
     """The command line of ``tools/visualize.py``."""
     import argparse
 
@@ -287,7 +293,7 @@ def _visualize_cli(args):
     print(f'{len(paths)} images written to {args.save_dir}')
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> int:
     """``tools/visualize.py``: exit code 0, or 1 with one ``error:`` line (naming every image
     that could not be read, after the others were written)."""
     return run_cli(_visualize_cli, parse_args(argv))

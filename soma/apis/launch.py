@@ -11,8 +11,12 @@ import os
 import os.path as osp
 import sys
 import uuid
+from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence, Tuple
 
 import torch
+
+if TYPE_CHECKING:
+    from mmengine.config import Config
 
 __all__ = ['load_config', 'set_work_dir', 'setup_launcher', 'launch_rank', 'leaf_datasets',
            'check_data_roots', 'check_max_iters', 'set_max_iters', 'cpu_thread_count',
@@ -85,7 +89,7 @@ def setup_launcher(cfg):
     return cfg
 
 
-def launch_rank():
+def launch_rank() -> int:
     """This process's global rank as its launcher gives it (torchrun ``RANK``, slurm
     ``SLURM_PROCID``, mpi ``OMPI_COMM_WORLD_RANK``), before any process group exists; 0 when
     launched alone."""
@@ -95,7 +99,7 @@ def launch_rank():
     return 0
 
 
-def check_max_iters(max_iters):
+def check_max_iters(max_iters: Optional[int]) -> Optional[int]:
     """``max_iters`` as an int >= 1 (``None`` passes through: the config's own)."""
     if max_iters is None:
         return None
@@ -104,7 +108,7 @@ def check_max_iters(max_iters):
     return int(max_iters)
 
 
-def set_max_iters(cfg, max_iters, val=True):
+def set_max_iters(cfg: 'Config', max_iters: Optional[int], val: bool = True) -> 'Config':
     """Set the run length to ``max_iters`` and scale the whole schedule with it
     (``tools/train.py --iters``, ``tools/demo.py --iters``).
 
@@ -133,7 +137,8 @@ def set_max_iters(cfg, max_iters, val=True):
             raise ValueError(f'--iters: param_scheduler[{i}] ({scheduler.get("type")}) counts '
                              f'epochs; only by_epoch=False schedulers can be rescaled')
         scheduler['begin'] = int(round(scheduler.get('begin', 0) * ratio))
-        scheduler['end'] = max(scheduler['begin'] + 1, int(round(scheduler.get('end', old) * ratio)))
+        scheduler['end'] = max(scheduler['begin'] + 1,
+                               int(round(scheduler.get('end', old) * ratio)))
         if 'milestones' in scheduler:
             scheduler['milestones'] = [scale(m) for m in scheduler['milestones']]
     train_cfg.max_iters = max_iters
@@ -152,7 +157,7 @@ def set_max_iters(cfg, max_iters, val=True):
     return cfg
 
 
-def cpu_thread_count(cfg=None):
+def cpu_thread_count(cfg: Optional[dict] = None) -> int:
     """How many CPU threads torch should use, so that a busy machine is not oversubscribed.
 
     1. ``OMP_NUM_THREADS`` when set (torchrun sets 1 per process when it starts several):
@@ -175,7 +180,7 @@ def cpu_thread_count(cfg=None):
 
 
 @contextlib.contextmanager
-def cpu_threads(cfg=None):
+def cpu_threads(cfg: Optional[dict] = None) -> Iterator[int]:
     """Run the block with :func:`cpu_thread_count` torch threads (logged); the previous count
     is restored after."""
     from mmengine.logging import print_log
@@ -272,7 +277,7 @@ def amp_autocast(enabled=True, device_type=None):
     return torch.autocast(device_type, dtype=getattr(torch, amp_dtype(device_type)))
 
 
-def leaf_datasets(dataset):
+def leaf_datasets(dataset: dict) -> List[dict]:
     """Leaf dataset configs of a (possibly wrapped / concatenated) dataset config."""
     if not isinstance(dataset, dict):
         return []
@@ -284,7 +289,7 @@ def leaf_datasets(dataset):
 
 
 def check_data_roots(cfg, loaders=('train_dataloader', 'val_dataloader', 'test_dataloader'),
-                     labels=True):
+                     labels: bool = True) -> None:
     """Raise ``FileNotFoundError`` naming the first dataset folder/file that does not exist
     (``labels=False``: label folders are not needed, as for an unlabelled test split)."""
     keys = ('img_path', 'img', 'seg_map_path') if labels else ('img_path', 'img')
@@ -317,7 +322,8 @@ class InputsFailed(ValueError):
     :func:`run_cli`); with a single input, just its reason.
     """
 
-    def __init__(self, failed, done=(), what='inputs'):
+    def __init__(self, failed: Sequence[Tuple[str, str]], done: Sequence = (),
+                 what: str = 'inputs'):
         self.failed, self.done = list(failed), list(done)
         reasons = '; '.join(reason for _, reason in self.failed)
         total = len(self.failed) + len(self.done)

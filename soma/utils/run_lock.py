@@ -19,6 +19,7 @@ import os
 import os.path as osp
 import socket
 import time
+from typing import Iterator
 
 from mmengine.logging import print_log
 
@@ -76,7 +77,7 @@ def _busy_message(work_dir, path, holder):
 
 
 @contextlib.contextmanager
-def work_dir_lock(work_dir):
+def work_dir_lock(work_dir: str) -> Iterator[str]:
     """Hold ``<work_dir>/train.lock`` while the block runs; :class:`WorkDirBusyError` at once
     when another live training holds it. Yields the lock file's path."""
     os.makedirs(work_dir, exist_ok=True)

@@ -88,11 +88,11 @@ def checkpoint(tmp_path_factory):
     return path
 
 
-def _write_images(folder, names, seed):
+def _write_images(folder, names, seed, sizes=SIZES):
     rng = np.random.RandomState(seed)
     paths = []
     for i, name in enumerate(names):
-        h, w = SIZES[i % len(SIZES)]
+        h, w = sizes[i % len(sizes)]
         path = osp.join(folder, name)
         os.makedirs(osp.dirname(path), exist_ok=True)
         # smooth random images: blobs the tiny model labels with several classes
@@ -102,11 +102,11 @@ def _write_images(folder, names, seed):
     return paths
 
 
-def cityscapes_test_split(root):
+def cityscapes_test_split(root, sizes=SIZES):
     """``leftImg8bit/test/<city>/<city>_<seq>_<frame>_leftImg8bit.png``, no gtFine."""
     names = [f'{city}/{city}_{seq:06d}_{frame:06d}_leftImg8bit.png'
              for city, seq, frame in (('berlin', 0, 19), ('berlin', 1, 19), ('bonn', 0, 7))]
-    return _write_images(osp.join(root, 'leftImg8bit', 'test'), names, seed=1)
+    return _write_images(osp.join(root, 'leftImg8bit', 'test'), names, seed=1, sizes=sizes)
 
 
 def acdc_test_split(root):
@@ -207,3 +207,18 @@ def test_submit_refuses_what_it_cannot_write(checkpoint, tmp_path, capsys):
     assert '19 Cityscapes classes' in error([str(tmp_path / 'two.py'), checkpoint,
                                               '--submit', str(tmp_path / 's2')])
     assert not osp.exists(str(tmp_path / 's2') + '.zip')
+
+
+def test_submit_with_tta(checkpoint, tmp_path):
+    """--tta takes the config's tta_pipeline (scales 0.75 and 1 of the image), whose
+    LoadAnnotations --submit drops too."""
+    data_root = str(tmp_path / 'data')
+    images = cityscapes_test_split(data_root, sizes=[(80, 144), (72, 96)])
+    config = tiny_test_config(CITYS_TEST, data_root, str(tmp_path / 'cfg.py'))
+    submit = tmp_path / 'submission'
+    assert test_api.main([config, checkpoint, '--tta', '--submit', str(submit),
+                          '--work-dir', str(tmp_path / 'work')]) == 0
+    for img in images:
+        label_ids = cv2.imread(str(submit / submission_name(img)), cv2.IMREAD_UNCHANGED)
+        assert label_ids.shape == cv2.imread(img).shape[:2]
+        assert set(np.unique(label_ids)) <= set(TRAIN_ID_TO_LABEL_ID)
