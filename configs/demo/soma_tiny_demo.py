@@ -177,6 +177,10 @@ custom_hooks = [
     dict(type='WeightDecayLoggingHook', interval=25),
     dict(type='SoMAMetaHook'),
 ]
+# one torch CPU thread (soma.apis.launch.cpu_thread_count; OMP_NUM_THREADS overrides it):
+# the operations of a tiny model are too small to gain from a thread pool, and on a busy
+# machine its waiting costs many times the work itself
+cpu_threads = 1
 env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
                dist_cfg=dict(backend='nccl'))
 vis_backends = [dict(type='LocalVisBackend'), dict(type='OptionalTensorboardVisBackend')]

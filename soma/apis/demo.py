@@ -18,54 +18,20 @@ from typing import List, Optional
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from soma.apis.launch import leaf_datasets, run_cli, unique_visualizer_name
+from soma.apis.launch import (check_max_iters, cpu_threads, leaf_datasets, run_cli, set_max_iters,
+                              unique_visualizer_name)
 from soma.apis.test import parse_args as parse_test_args
 from soma.apis.test import test
 from soma.checkpoints.layout import PathLike
 from soma.datasets import make_synthetic_dg_benchmark
+from soma.utils.run_lock import work_dir_lock
 
-__all__ = ['DEMO_CONFIG', 'demo_config', 'check_max_iters', 'set_max_iters', 'set_image_size',
-           'run_demo', 'main']
+__all__ = ['DEMO_CONFIG', 'demo_config', 'set_image_size', 'run_demo', 'main']
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo', 'soma_tiny_demo.py')
 NO_PRETRAINED = ('no pretrained weights: the backbone starts from random initialisation, '
                  'numbers are only a smoke test of the pipeline')
-
-
-def check_max_iters(max_iters: Optional[int]) -> Optional[int]:
-    """``max_iters`` as an int >= 1 (``None`` passes through: the config's own)."""
-    if max_iters is None:
-        return None
-    if isinstance(max_iters, bool) or int(max_iters) != max_iters or max_iters < 1:
-        raise ValueError(f'max_iters must be an integer >= 1, got {max_iters!r}')
-    return int(max_iters)
-
-
-def set_max_iters(cfg: Config, max_iters: Optional[int], val: bool = True) -> Config:
-    """Set the run length everywhere it appears (loop, schedulers, checkpoint).
-
-    ``max_iters=None`` keeps the config's own length. The schedule keeps its shape: every
-    scheduler's ``begin``/``end`` and ``milestones`` scale with ``max_iters /
-    train_cfg.max_iters`` (warm-up and steps land at the same fraction of the run).
-    ``val=False`` drops the validation during training (the demos test afterwards).
-    """
-    max_iters = check_max_iters(max_iters) or cfg.train_cfg.max_iters
-    ratio = max_iters / cfg.train_cfg.max_iters
-    for scheduler in cfg.param_scheduler:
-        scheduler['begin'] = int(round(scheduler.get('begin', 0) * ratio))
-        scheduler['end'] = max(scheduler['begin'] + 1,
-                               int(round(scheduler.get('end', cfg.train_cfg.max_iters) * ratio)))
-        if 'milestones' in scheduler:
-            scheduler['milestones'] = [max(1, int(round(m * ratio)))
-                                       for m in scheduler['milestones']]
-    cfg.train_cfg.max_iters = max_iters
-    cfg.train_cfg.val_interval = max_iters
-    cfg.default_hooks.checkpoint.interval = max_iters
-    if not val:
-        cfg.default_hooks.checkpoint.pop('save_best', None)
-        cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
-    return cfg
 
 
 def set_image_size(cfg: Config, size: int) -> Config:
@@ -116,11 +82,20 @@ def _pretrained_checkpoint(cfg):
 
 def run_demo(work_dir: PathLike = 'work_dirs/demo', max_iters: Optional[int] = None,
              num_train: int = 64, num_val: int = 12, image_size: int = 96, seed: int = 0) -> dict:
-    """Run the whole demo; return ``{'metrics': {...}, 'seconds': {...}, 'paths': {...}}``."""
+    """Run the whole demo; return ``{'metrics': {...}, 'seconds': {...}, 'paths': {...}}``.
+
+    It holds the lock of its training folder (``WORK_DIR/train``) throughout, and runs with
+    the demo config's ``cpu_threads`` (1) unless ``OMP_NUM_THREADS`` says otherwise.
+    """
     check_max_iters(max_iters)  # before anything is written
+    work_dir = osp.abspath(work_dir)
+    with work_dir_lock(osp.join(work_dir, 'train')):
+        return _run_demo(work_dir, max_iters, num_train, num_val, image_size, seed)
+
+
+def _run_demo(work_dir, max_iters, num_train, num_val, image_size, seed):
     seconds = {}
     t0 = time.time()
-    work_dir = osp.abspath(work_dir)
     data_root = osp.join(work_dir, 'data')
     print(f'[demo] 1/4 synthetic benchmark in {data_root}')
     make_synthetic_dg_benchmark(data_root, num_train=num_train, num_val=num_val,
@@ -136,8 +111,9 @@ def run_demo(work_dir: PathLike = 'work_dirs/demo', max_iters: Optional[int] = N
     print(f'[demo] 3/4 training SoMA for {cfg.train_cfg.max_iters} iterations on the CPU '
           f'(logs in {train_dir})')
     t1 = time.time()
-    runner = Runner.from_cfg(cfg)
-    runner.train()
+    with cpu_threads(cfg):
+        runner = Runner.from_cfg(cfg)
+        runner.train()
     seconds['train'] = time.time() - t1
     checkpoint = osp.join(train_dir, f'iter_{cfg.train_cfg.max_iters}.pth')
     del runner

@@ -12,14 +12,15 @@ import os.path as osp
 import time
 from typing import List, Optional
 
-import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from soma.apis.demo import REPO_ROOT, check_max_iters, set_max_iters
-from soma.apis.launch import run_cli, unique_visualizer_name
+from soma.apis.demo import REPO_ROOT
+from soma.apis.launch import (check_max_iters, cpu_threads, run_cli, set_max_iters,
+                              unique_visualizer_name)
 from soma.checkpoints.layout import PathLike
 from soma.datasets.synthetic_dgod import make_diverse_weather, point_config_to
+from soma.utils.run_lock import work_dir_lock
 
 __all__ = ['DGOD_DEMO_CONFIG', 'run_dgod_demo', 'main']
 
@@ -29,28 +30,32 @@ DGOD_DEMO_CONFIG = osp.join(REPO_ROOT, 'DGOD', 'configs', 'demo', 'soma_tiny_cod
 def run_dgod_demo(work_dir: PathLike = 'work_dirs/demo_dgod', config: PathLike = DGOD_DEMO_CONFIG,
                   max_iters: Optional[int] = None, num_train: int = 16, num_test: int = 12,
                   size: int = 128, seed: int = 0) -> dict:
-    """Generate the data, train, test; return the test metrics (dict)."""
+    """Generate the data, train, test; return the test metrics (dict).
+
+    It holds the lock of ``work_dir`` throughout, and runs with the demo config's
+    ``cpu_threads`` (1) unless ``OMP_NUM_THREADS`` says otherwise.
+    """
     check_max_iters(max_iters)  # before anything is written
-    # the ops of a tiny model are too small to gain from threads; on a shared CPU the
-    # thread pool's waiting costs several times the work itself
-    torch.set_num_threads(1)
     work_dir = osp.abspath(work_dir)
-    data_root = osp.join(work_dir, 'data', 'diverseWeather')
-    print(f'[demo-dgod] 1/3 synthetic Diverse Weather in {data_root}')
-    make_diverse_weather(data_root, num_train=num_train, num_test=num_test, size=size, seed=seed)
-    cfg = Config.fromfile(config)
-    if point_config_to(cfg, data_root) == 0:
-        raise ValueError(f'{config}: no dataset with data_root under data/diverseWeather')
-    cfg.work_dir = work_dir
-    unique_visualizer_name(cfg)
-    # evaluate once, after training (the config's own validation would repeat it)
-    set_max_iters(cfg, max_iters, val=False)
-    print(f'[demo-dgod] 2/3 training for {cfg.train_cfg.max_iters} iterations on the CPU '
-          f'(logs in {work_dir})')
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    print('[demo-dgod] 3/3 testing on the five weather domains')
-    return runner.test()
+    with work_dir_lock(work_dir):
+        data_root = osp.join(work_dir, 'data', 'diverseWeather')
+        print(f'[demo-dgod] 1/3 synthetic Diverse Weather in {data_root}')
+        make_diverse_weather(data_root, num_train=num_train, num_test=num_test, size=size,
+                             seed=seed)
+        cfg = Config.fromfile(config)
+        if point_config_to(cfg, data_root) == 0:
+            raise ValueError(f'{config}: no dataset with data_root under data/diverseWeather')
+        cfg.work_dir = work_dir
+        unique_visualizer_name(cfg)
+        # evaluate once, after training (the config's own validation would repeat it)
+        set_max_iters(cfg, max_iters, val=False)
+        print(f'[demo-dgod] 2/3 training for {cfg.train_cfg.max_iters} iterations on the CPU '
+              f'(logs in {work_dir})')
+        with cpu_threads(cfg):
+            runner = Runner.from_cfg(cfg)
+            runner.train()
+            print('[demo-dgod] 3/3 testing on the five weather domains')
+            return runner.test()
 
 
 def _print_table(metrics, seconds, work_dir):

@@ -9,6 +9,7 @@
 Weights load through :func:`soma.checkpoints.load_soma_checkpoint`: an adapter-only
 checkpoint needs ``backbone`` (a converted DINOv2) and gets a clear error otherwise.
 """
+import argparse
 import copy
 import os
 import os.path as osp
@@ -18,7 +19,7 @@ import cv2
 import mmcv
 import numpy as np
 import torch
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 from mmengine.dataset import Compose, pseudo_collate
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import init_default_scope
@@ -32,9 +33,10 @@ from soma.apis.launch import as_config
 from soma.checkpoints import load_soma_checkpoint
 from soma.checkpoints.layout import CheckpointLike, Device, PathLike
 from soma.utils.atomic import atomic_output
+from soma.utils.cli import InputsFailed, run_cli
 
-__all__ = ['init_model', 'inference_model', 'test_pipeline_of', 'colorize', 'visualize',
-           'CITYSCAPES_PALETTE']
+__all__ = ['init_model', 'inference_model', 'test_pipeline_of',
+           'colorize', 'read_image', 'visualize', 'parse_args', 'main', 'CITYSCAPES_PALETTE']
 
 # Cityscapes train-id palette (19 classes), RGB
 CITYSCAPES_PALETTE = [
@@ -186,32 +188,94 @@ def colorize(label: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
     return out
 
 
-def visualize(model: nn.Module, images: Sequence[str], save_dir: str, tta: bool = False,
+def read_image(path: PathLike) -> np.ndarray:
+    """The image file ``path`` as an HxWx3 BGR uint8 array (what ``LoadImageFromFile``
+    gives); an error naming the file when it is missing, empty or not an image."""
+    path = os.fspath(path)
+    if not osp.exists(path):
+        raise FileNotFoundError(f'{path}: image not found')
+    if not osp.isfile(path):
+        raise IsADirectoryError(f'{path}: a folder, not an image file')
+    with open(path, 'rb') as f:
+        data = f.read()
+    if not data:
+        raise ValueError(f'{path}: empty file (0 bytes), not an image')
+    img = mmcv.imfrombytes(data)
+    if img is None:
+        raise ValueError(f'{path}: not an image (cannot decode its {len(data)} bytes)')
+    return img
+
+
+def visualize(model: nn.Module, images: Sequence[str], save_dir: PathLike, tta: bool = False,
               palette: Optional[Sequence[Sequence[int]]] = None, progress: bool = True
               ) -> List[str]:
     """Write ``<save_dir>/<image stem>.png``: the input and its colour-coded prediction side
-    by side (Cityscapes palette unless the checkpoint named another). Returns the paths."""
+    by side (Cityscapes palette unless the checkpoint named another). Returns the paths.
+
+    An image that cannot be read (missing, empty, not an image) or whose output name another
+    image already took does not stop the others: they are all written, then
+    :class:`~soma.utils.cli.InputsFailed` names the bad ones (``.done``: the paths written).
+    """
     palette = palette or model.dataset_meta.get('palette') or CITYSCAPES_PALETTE
-    for img in images:
-        if not osp.isfile(img):
-            raise FileNotFoundError(f'image not found: {img}')
-    os.makedirs(save_dir, exist_ok=True)
     bar = ProgressBar(len(images)) if progress else None
-    paths = []
+    written, failed = {}, []
     for img in images:
-        result = inference_model(model, img, tta=tta)
-        rgb = mmcv.imread(img, channel_order='rgb')
-        label = result.pred_sem_seg.data[0].cpu().numpy()
-        side_by_side = np.concatenate([rgb, colorize(label, palette)], axis=1)
         path = osp.join(save_dir, osp.splitext(osp.basename(img))[0] + '.png')
-        ok, png = cv2.imencode('.png', np.ascontiguousarray(side_by_side[..., ::-1]))
-        if not ok:
-            raise RuntimeError(f'could not encode {path}')
-        with atomic_output(path) as tmp, open(tmp, 'wb') as f:
-            f.write(png.tobytes())
-        paths.append(path)
+        try:
+            if path in written:
+                raise ValueError(f'{img}: its output {path} is already written for '
+                                 f'{written[path]}')
+            bgr = read_image(img)
+        except (OSError, ValueError) as e:
+            failed.append((img, str(e)))
+        else:
+            label = inference_model(model, bgr, tta=tta).pred_sem_seg.data[0].cpu().numpy()
+            side_by_side = np.concatenate([bgr, colorize(label, palette)[..., ::-1]], axis=1)
+            ok, png = cv2.imencode('.png', np.ascontiguousarray(side_by_side))
+            if not ok:
+                raise RuntimeError(f'could not encode {path}')
+            os.makedirs(save_dir, exist_ok=True)
+            with atomic_output(path) as tmp, open(tmp, 'wb') as f:
+                f.write(png.tobytes())
+            written[path] = img
         if bar is not None:
             bar.update()
     if bar is not None:
         print()
-    return paths
+    if failed:
+        raise InputsFailed(failed, done=list(written), what='images')
+    return list(written)
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The command line of ``tools/visualize.py``."""
+    parser = argparse.ArgumentParser(description='Visualise SoMA segmentation predictions')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='full or adapter + head checkpoint')
+    parser.add_argument('images', nargs='+', help='image files')
+    parser.add_argument('--backbone', default=None,
+                        help='converted DINOv2 checkpoint for an adapter-only checkpoint')
+    parser.add_argument('--tta', action='store_true', help='test-time augmentation')
+    parser.add_argument('--save_dir', '--save-dir', dest='save_dir', default='work_dirs/vis')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='config overrides, key=value')
+    return parser.parse_args(argv)
+
+
+def _visualize_cli(args):
+    model = init_model(args.config, args.checkpoint, device=args.device,
+                       backbone=args.backbone, cfg_options=args.cfg_options)
+    try:
+        paths = visualize(model, args.images, args.save_dir, tta=args.tta)
+    except InputsFailed as e:
+        if e.done:
+            print(f'{len(e.done)} images written to {args.save_dir}')
+        raise
+    print(f'{len(paths)} images written to {args.save_dir}')
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``tools/visualize.py``: exit code 0, or 1 with one ``error:`` line (naming every image
+    that could not be read, after the others were written)."""
+    return run_cli(_visualize_cli, parse_args(argv))

@@ -1,16 +1,18 @@
-"""What ``tools/train.py`` and ``tools/test.py`` share: config, work dir, launcher, checks.
+"""What ``tools/train.py``, ``tools/test.py`` and the demos share: config, work dir, launcher,
+run length, CPU threads, checks.
 
 The config's own ``default_scope`` (``mmseg`` for ``configs/``, ``mmdet`` for
 ``DGOD/configs``) decides which registries are used; ``import soma`` has registered our
 modules in both.
 """
+import contextlib
 import copy
 import logging
 import os
 import os.path as osp
 import uuid
 from contextlib import nullcontext
-from typing import ContextManager, List, Optional, Sequence, Union
+from typing import ContextManager, Iterator, List, Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
@@ -22,9 +24,10 @@ from mmengine.logging import print_log
 
 from soma.utils.cli import run_cli
 
-__all__ = ['as_config', 'load_config', 'set_work_dir', 'setup_launcher', 'leaf_datasets',
-           'check_data_roots', 'run_cli', 'unique_visualizer_name', 'amp_dtype', 'enable_amp',
-           'amp_autocast']
+__all__ = ['as_config', 'load_config', 'set_work_dir', 'setup_launcher', 'launch_rank',
+           'leaf_datasets', 'check_data_roots', 'check_max_iters', 'set_max_iters',
+           'cpu_thread_count', 'cpu_threads', 'run_cli', 'unique_visualizer_name', 'amp_dtype',
+           'enable_amp', 'amp_autocast']
 
 
 def unique_visualizer_name(cfg: Config) -> Config:
@@ -104,6 +107,111 @@ def setup_launcher(cfg: Config) -> Config:
             type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
             find_unused_parameters=cfg.get('find_unused_parameters', False))
     return cfg
+
+
+def launch_rank() -> int:
+    """This process's global rank as its launcher gives it (torchrun ``RANK``, slurm
+    ``SLURM_PROCID``, mpi ``OMPI_COMM_WORLD_RANK``), before any process group exists; 0 when
+    launched alone."""
+    for name in ('RANK', 'SLURM_PROCID', 'OMPI_COMM_WORLD_RANK'):
+        if os.environ.get(name, '').isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def check_max_iters(max_iters: Optional[int]) -> Optional[int]:
+    """``max_iters`` as an int >= 1 (``None`` passes through: the config's own)."""
+    if max_iters is None:
+        return None
+    if isinstance(max_iters, bool) or int(max_iters) != max_iters or max_iters < 1:
+        raise ValueError(f'max_iters must be an integer >= 1, got {max_iters!r}')
+    return int(max_iters)
+
+
+def set_max_iters(cfg: Config, max_iters: Optional[int], val: bool = True) -> Config:
+    """Set the run length to ``max_iters`` and scale the whole schedule with it
+    (``tools/train.py --iters``, ``tools/demo.py --iters``).
+
+    ``max_iters=None`` keeps the config's own length. With ``ratio = max_iters /
+    train_cfg.max_iters``, every iteration count of the schedule is multiplied by ``ratio``
+    (rounded; at least 1): each scheduler's ``begin``/``end``/``milestones`` (LR and weight
+    decay alike), the validation and checkpoint intervals (at most ``max_iters``) and an
+    ``EMAHook``'s ``begin_iter``; warm-up, steps, EMA start and checkpoints land at the same
+    fraction of the run. ``val=False`` drops the validation during training (the demos test
+    afterwards).
+    """
+    train_cfg = cfg.train_cfg
+    if 'max_iters' not in train_cfg:
+        raise ValueError(f'--iters needs an iteration-based train_cfg (max_iters), the config '
+                         f'has {dict(train_cfg)}')
+    old = train_cfg.max_iters
+    max_iters = check_max_iters(max_iters) or old
+    ratio = max_iters / old
+
+    def scale(n):
+        return max(1, int(round(n * ratio)))
+
+    schedulers = cfg.get('param_scheduler') or []
+    for i, scheduler in enumerate([schedulers] if isinstance(schedulers, dict) else schedulers):
+        if scheduler.get('by_epoch', True):
+            raise ValueError(f'--iters: param_scheduler[{i}] ({scheduler.get("type")}) counts '
+                             f'epochs; only by_epoch=False schedulers can be rescaled')
+        scheduler['begin'] = int(round(scheduler.get('begin', 0) * ratio))
+        scheduler['end'] = max(scheduler['begin'] + 1,
+                               int(round(scheduler.get('end', old) * ratio)))
+        if 'milestones' in scheduler:
+            scheduler['milestones'] = [scale(m) for m in scheduler['milestones']]
+    train_cfg.max_iters = max_iters
+    if 'val_interval' in train_cfg:
+        train_cfg.val_interval = min(max_iters, scale(train_cfg.val_interval))
+    checkpoint = (cfg.get('default_hooks') or {}).get('checkpoint')
+    if checkpoint and 'interval' in checkpoint:
+        checkpoint['interval'] = min(max_iters, scale(checkpoint['interval']))
+    for hook in cfg.get('custom_hooks') or []:
+        if 'begin_iter' in hook:
+            hook['begin_iter'] = int(round(hook['begin_iter'] * ratio))
+    if not val:
+        if checkpoint:
+            checkpoint.pop('save_best', None)
+        cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    return cfg
+
+
+def cpu_thread_count(cfg: Optional[dict] = None) -> int:
+    """How many CPU threads torch should use, so that a busy machine is not oversubscribed.
+
+    1. ``OMP_NUM_THREADS`` when set (torchrun sets 1 per process when it starts several):
+       torch already follows it;
+    2. else the config's ``cpu_threads`` (the tiny demo configs say 1: their operations are
+       too small to gain from a thread pool, whose waiting then costs more than the work);
+    3. else the free cores: the cores this process may run on minus the 1-minute load
+       average (rounded), at least 1 (torch's default takes every core, however busy).
+    """
+    if os.environ.get('OMP_NUM_THREADS'):
+        return torch.get_num_threads()
+    value = (cfg or {}).get('cpu_threads', 'auto')
+    if value != 'auto':
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f'cpu_threads must be an integer >= 1 or "auto", got {value!r}')
+        return value
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    busy = os.getloadavg()[0] if hasattr(os, 'getloadavg') else 0.0
+    return max(1, min(cores, int(cores - busy + 0.5)))
+
+
+@contextlib.contextmanager
+def cpu_threads(cfg: Optional[dict] = None) -> Iterator[int]:
+    """Run the block with :func:`cpu_thread_count` torch threads (logged); the previous count
+    is restored after."""
+    previous = torch.get_num_threads()
+    count = cpu_thread_count(cfg)
+    torch.set_num_threads(count)
+    print_log(f'torch CPU threads: {count} (OMP_NUM_THREADS, else the config\'s cpu_threads, '
+              f'else the free cores)', logger='current')
+    try:
+        yield count
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _mmcv_cuda_ops_take(dtype: torch.dtype) -> bool:
@@ -195,8 +303,11 @@ def leaf_datasets(dataset: Optional[dict]) -> List[dict]:
 DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 
 
-def check_data_roots(cfg: Config, loaders: Sequence[str] = DATALOADERS) -> None:
-    """Raise ``FileNotFoundError`` naming the first dataset folder/file that does not exist."""
+def check_data_roots(cfg: Config, loaders: Sequence[str] = DATALOADERS,
+                     labels: bool = True) -> None:
+    """Raise ``FileNotFoundError`` naming the first dataset folder/file that does not exist
+    (``labels=False``: label folders are not needed, as for an unlabelled test split)."""
+    keys = ('img_path', 'img', 'seg_map_path') if labels else ('img_path', 'img')
     for loader in loaders:
         loader_cfg = cfg.get(loader)
         if not loader_cfg:
@@ -211,7 +322,7 @@ def check_data_roots(cfg: Config, loaders: Sequence[str] = DATALOADERS) -> None:
             if ann and not osp.isfile(osp.join(root, ann)):
                 raise FileNotFoundError(f'{loader}: ann_file {osp.join(root, ann)} does not exist')
             prefix = ds.get('data_prefix') or {}
-            for key in ('img_path', 'img', 'seg_map_path'):
+            for key in keys:
                 sub = prefix.get(key)
                 if sub and not osp.exists(osp.join(root, sub)):
                     raise FileNotFoundError(

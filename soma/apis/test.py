@@ -1,8 +1,8 @@
 """Evaluation entry point (``tools/test.py``) over mmengine's Runner.
 
     python tools/test.py CONFIG CHECKPOINT [--backbone CONVERTED] [--tta] [--out DIR]
-                         [--show-dir DIR] [--work-dir DIR] [--amp] [--cfg-options k=v ...]
-                         [--launcher pytorch]
+                         [--submit DIR] [--show-dir DIR] [--work-dir DIR] [--amp]
+                         [--cfg-options k=v ...] [--launcher pytorch]
 
 The checkpoint is read with ``soma.utils.checkpoint_io`` (weights-only; ``.pth`` or
 ``.safetensors``) and checked against the model built from the config before it is loaded
@@ -15,8 +15,12 @@ backbone is the transformers folder of the config (``model=<folder>``). A detect
 in the release's legacy Co-DETR key names (``soma_dinov2-L_dgod_best.pth``) is renamed on load
 (:mod:`soma.checkpoints.legacy_codetr`). ``--show-dir``: coloured predictions (next to
 the ground truth) are written under ``DIR/vis_data/vis_image/`` (segmentation) or to
-``DIR`` (detection). ``--out``: predicted label maps as PNG files in ``DIR`` (segmentation)
-or a ``.pkl`` of the results (detection). ``--amp``: the test runs under autocast, bfloat16
+``DIR`` (detection). ``--out``: predicted train-id maps as PNG files in ``DIR``
+(``<image stem>.png``, segmentation) or a ``.pkl`` of the results (detection). ``--submit``
+(segmentation): a benchmark-server submission of an unlabelled test split (the metric is
+skipped, no label folder is needed): one PNG of Cityscapes label ids per test image in
+``DIR``, named after the image, and ``DIR.zip`` to upload
+(:class:`soma.evaluation.SegPredictionWriter`). ``--amp``: the test runs under autocast, bfloat16
 where supported, else float16 (:func:`soma.apis.launch.amp_autocast`).
 """
 import argparse
@@ -27,8 +31,8 @@ from mmengine.config import Config, DictAction
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
-from soma.apis.launch import (amp_autocast, check_data_roots, leaf_datasets, load_config,
-                              run_cli, set_work_dir, setup_launcher)
+from soma.apis.launch import (amp_autocast, check_data_roots, cpu_threads, leaf_datasets,
+                              load_config, run_cli, set_work_dir, setup_launcher)
 from soma.checkpoints import load_soma_checkpoint
 
 __all__ = ['parse_args', 'build_test_config', 'test', 'main']
@@ -44,8 +48,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                                            'transformers folder) merged into the checkpoint')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation '
                                                            '(tta_model/tta_pipeline of the config)')
-    parser.add_argument('--out', help='segmentation: folder for predicted label PNGs; '
+    parser.add_argument('--out', help='segmentation: folder for predicted train-id PNGs; '
                                       'detection: results .pkl file')
+    parser.add_argument('--submit', metavar='DIR',
+                        help='segmentation: write a test-server submission (Cityscapes label-id '
+                             'PNGs in DIR and DIR.zip) instead of computing the metric; the '
+                             'test split needs no labels')
     parser.add_argument('--show-dir', help='folder for coloured prediction images')
     parser.add_argument('--show', action='store_true', help='show predictions in a window')
     parser.add_argument('--wait-time', type=float, default=2, help='--show interval (s)')
@@ -89,6 +97,26 @@ def _enable_visualization(cfg, args, config_path):
             cfg.visualizer['save_dir'] = args.show_dir
 
 
+def _drop_annotations(pipeline):
+    """``pipeline`` without ``LoadAnnotations`` (also inside ``TestTimeAug``)."""
+    kept = []
+    for t in pipeline:
+        if t.get('type') == 'LoadAnnotations':
+            continue
+        if t.get('type') == 'TestTimeAug':
+            groups = [[a for a in group if a.get('type') != 'LoadAnnotations']
+                      for group in t['transforms']]
+            t['transforms'] = [g for g in groups if g]
+        kept.append(t)
+    return kept
+
+
+def _without_labels(cfg):
+    """Test without labels (``--submit``): no ``LoadAnnotations`` in the test pipelines."""
+    for dataset in leaf_datasets(cfg.test_dataloader.dataset):
+        dataset['pipeline'] = _drop_annotations(dataset.get('pipeline') or [])
+
+
 def build_test_config(args: argparse.Namespace) -> Config:
     """The Config to test with from the parsed arguments (no Runner yet)."""
     cfg = load_config(args.config, args.cfg_options, args.launcher)
@@ -97,13 +125,20 @@ def build_test_config(args: argparse.Namespace) -> Config:
         _enable_visualization(cfg, args, args.config)
     if args.tta:
         _enable_tta(cfg, args.config)
-    if args.out and not _is_det(cfg):
+    if _is_det(cfg):
+        if args.submit:
+            raise ValueError(f'{args.config}: --submit writes segmentation label maps; this is a '
+                             f'detection config')
+        if args.out and not args.out.endswith(('.pkl', '.pickle')):
+            raise ValueError(f'--out must be a .pkl file for detection, got {args.out}')
+    elif args.submit:
+        _without_labels(cfg)
+        cfg.test_evaluator = dict(type='SegPredictionWriter', train_id_dir=args.out,
+                                  label_id_dir=args.submit)
+    elif args.out:
         evaluator = cfg.test_evaluator
-        for metric in evaluator if isinstance(evaluator, list) else [evaluator]:
-            metric['output_dir'] = args.out
-            metric['keep_results'] = True
-    elif args.out and not args.out.endswith(('.pkl', '.pickle')):
-        raise ValueError(f'--out must be a .pkl file for detection, got {args.out}')
+        cfg.test_evaluator = (list(evaluator) if isinstance(evaluator, list) else [evaluator]) + [
+            dict(type='SegPredictionWriter', train_id_dir=args.out)]
     cfg.load_from = None  # loaded (checked, merged) by test() instead
     setup_launcher(cfg)
     return cfg
@@ -114,7 +149,7 @@ def test(args: Union[argparse.Namespace, List[str]]) -> dict:
     if not isinstance(args, argparse.Namespace):
         args = parse_args(args)
     cfg = build_test_config(args)
-    check_data_roots(cfg, ('test_dataloader', ))
+    check_data_roots(cfg, ('test_dataloader', ), labels=not args.submit)
     runner = Runner.from_cfg(cfg)
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     if args.tta:
@@ -125,7 +160,7 @@ def test(args: Union[argparse.Namespace, List[str]]) -> dict:
                        + (f' merged with the backbone {args.backbone}' if args.backbone else ''))
     if args.out and _is_det(cfg):
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-    with amp_autocast(getattr(args, 'amp', False)):
+    with amp_autocast(getattr(args, 'amp', False)), cpu_threads(cfg):
         return runner.test()
 
 

@@ -1,6 +1,6 @@
 """Training entry point (``tools/train.py``): mmseg/mmdet-like options over mmengine's Runner.
 
-    python tools/train.py CONFIG [--work-dir DIR] [--amp] [--resume [auto|PATH]]
+    python tools/train.py CONFIG [--work-dir DIR] [--iters N] [--amp] [--resume [auto|PATH]]
                           [--auto-scale-lr] [--cfg-options k=v ...] [--launcher pytorch]
 
 ``--auto-scale-lr`` scales the learning rate of every parameter group linearly by
@@ -12,9 +12,17 @@ a config without one is taken to be a single-GPU recipe (its per-GPU batch). So 
 with the per-GPU batch of a single-GPU release you get 2x the released learning rate.
 Without the flag the configured learning rate is used as is. ``--amp``: bfloat16 autocast
 (CPU, GPUs that support it) or float16 with dynamic loss scaling
-(:func:`soma.apis.launch.enable_amp`).
+(:func:`soma.apis.launch.enable_amp`). ``--iters N``: train N iterations with the whole
+schedule rescaled to fit (:func:`soma.apis.launch.set_max_iters`; ``--cfg-options
+train_cfg.max_iters=N`` alone leaves the schedulers at the config's length, with a warning).
+
+One training per work dir: the run holds ``WORK_DIR/train.lock`` (:mod:`soma.utils.run_lock`);
+a second training there stops at once naming the first one's pid. Torch uses
+:func:`soma.apis.launch.cpu_thread_count` CPU threads (``OMP_NUM_THREADS``, else the config's
+``cpu_threads``, else the free cores).
 """
 import argparse
+import contextlib
 import logging
 import os.path as osp
 from typing import List, Optional, Union
@@ -24,8 +32,9 @@ from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from soma.apis.launch import (check_data_roots, enable_amp, load_config, run_cli, set_work_dir,
-                              setup_launcher)
+from soma.apis.launch import (check_data_roots, cpu_threads, enable_amp, launch_rank,
+                              load_config, run_cli, set_max_iters, set_work_dir, setup_launcher)
+from soma.utils.run_lock import work_dir_lock
 
 __all__ = ['parse_args', 'build_train_config', 'train', 'main']
 
@@ -35,6 +44,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train a segmentor/detector with SoMA')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument('--iters', type=int, default=None,
+                        help='training iterations, every scheduler, interval and EMA start '
+                             'rescaled to fit (default: the config\'s)')
     parser.add_argument('--amp', action='store_true',
                         help='mixed precision: bfloat16 autocast where supported (CPU, recent '
                              'GPUs), else float16 with dynamic loss scaling')
@@ -52,10 +64,27 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _warn_schedule_beyond_run(cfg):
+    """A scheduler that ends after the last iteration (``--cfg-options train_cfg.max_iters``
+    alone) never reaches its end values; say so."""
+    max_iters = (cfg.get('train_cfg') or {}).get('max_iters')
+    schedulers = cfg.get('param_scheduler') or []
+    for scheduler in [schedulers] if isinstance(schedulers, dict) else schedulers:
+        end = scheduler.get('end')
+        if max_iters and not scheduler.get('by_epoch', True) and end and end > max_iters:
+            print_log(f'param_scheduler {scheduler.get("type")} ends at iteration {end}, after '
+                      f'train_cfg.max_iters={max_iters}: it is cut short; use --iters '
+                      f'{max_iters} to rescale the whole schedule', logger='current',
+                      level=logging.WARNING)
+
+
 def build_train_config(args: argparse.Namespace) -> Config:
     """The Config to train from the parsed arguments (no Runner yet)."""
     cfg = load_config(args.config, args.cfg_options, args.launcher)
     set_work_dir(cfg, args.work_dir)
+    if args.iters is not None:
+        set_max_iters(cfg, args.iters)
+    _warn_schedule_beyond_run(cfg)
     if args.amp:
         enable_amp(cfg)
     if args.resume == 'auto':
@@ -80,13 +109,18 @@ def build_train_config(args: argparse.Namespace) -> Config:
 
 
 def train(args: Union[argparse.Namespace, List[str]]) -> Runner:
-    """Build the Runner from ``args`` (a Namespace or an argv list) and train; return it."""
+    """Build the Runner from ``args`` (a Namespace or an argv list) and train; return it.
+
+    The work dir's lock is taken (by the rank-0 process) before the Runner writes anything.
+    """
     if not isinstance(args, argparse.Namespace):
         args = parse_args(args)
     cfg = build_train_config(args)
     check_data_roots(cfg, ('train_dataloader', 'val_dataloader'))
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.train()
+    lock = work_dir_lock(cfg.work_dir) if launch_rank() == 0 else contextlib.nullcontext()
+    with lock, cpu_threads(cfg):
+        runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+        runner.train()
     return runner
 
 

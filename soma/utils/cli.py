@@ -6,15 +6,32 @@ package) become ``error: <one line>`` on stderr and exit code 1; every other exc
 bug and keeps its traceback.
 """
 import sys
-from typing import Callable
+from typing import Callable, Sequence, Tuple
 
 from mmengine.config.utils import ConfigParsingError
 
-__all__ = ['USER_ERRORS', 'run_cli', 'one_line']
+__all__ = ['USER_ERRORS', 'InputsFailed', 'run_cli', 'one_line']
 
 # what a tool reports in one line; CheckpointError is a ValueError
 USER_ERRORS = (OSError, ValueError, KeyError, TypeError, ImportError, SyntaxError,
                ConfigParsingError)
+
+
+class InputsFailed(ValueError):
+    """Some inputs of a command that takes several could not be used; the others were.
+
+    ``failed``: ``(input, reason)`` pairs, each reason naming its input; ``done``: what the
+    good inputs gave. The message is one line naming every failed input (for
+    :func:`run_cli`); with a single input, just its reason.
+    """
+
+    def __init__(self, failed: Sequence[Tuple[str, str]], done: Sequence = (),
+                 what: str = 'inputs'):
+        self.failed, self.done = list(failed), list(done)
+        reasons = '; '.join(reason for _, reason in self.failed)
+        total = len(self.failed) + len(self.done)
+        super().__init__(reasons if total == 1 else
+                         f'{len(self.failed)} of {total} {what} failed: {reasons}')
 
 
 def one_line(error: BaseException) -> str:

@@ -181,7 +181,7 @@ def test_benchmark_cli_on_an_hf_config(dinov3, tmp_path, source):
                      '--repeat', 1, '--warmup', 0, '--out', out) == 0
     result = json.loads(out.read_text())
     assert set(result['fps']) == {'unmerged', 'merged', 'plain'}
-    assert result['soma_layers'] == 2 * len(V3_TARGETS)  # blocks 2, 3
+    assert result['adapted_layers'] == 2 * len(V3_TARGETS)  # blocks 2, 3
     assert result['merged_same_layers_as_plain'] is True
     assert result['max_abs_diff_merged_vs_unmerged'] < 1e-4
     assert result['shape'] == [32, 48]

@@ -107,3 +107,43 @@ def test_visualize_cli_errors_leave_nothing(files, tmp_path, capsys):
                      '--backbone', files['converted'], '--save_dir', out) == 1
     assert 'image not found' in capsys.readouterr().err
     assert not out.exists() or not os.listdir(out)
+
+
+def test_visualize_cli_bad_images_are_named_after_the_good_ones(files, tmp_path):
+    """A 0-byte file, a text file, a folder, a missing file and a second ``img0.*`` (same
+    output name): the good images are written, the bad ones named in one line, exit 1."""
+    empty = tmp_path / 'empty.png'
+    empty.write_bytes(b'')
+    text = tmp_path / 'notes.jpg'
+    text.write_text('not an image\n')
+    (tmp_path / 'other').mkdir()
+    twin = tmp_path / 'other' / 'img0.png'
+    cv2.imwrite(str(twin), np.zeros((8, 8, 3), np.uint8))
+    out = tmp_path / 'vis'
+    images = [empty, files['images'][0], text, tmp_path / 'other', tmp_path / 'gone.png',
+              files['images'][1], twin]
+    res = tool_subprocess('visualize.py', TINY_CONFIG, files['adapter'], *images,
+                          '--backbone', files['converted'], '--save_dir', out)
+    assert res.returncode == 1
+    err = [line for line in res.stderr.splitlines() if line.startswith('error')]
+    assert res.stderr.strip().splitlines()[-1] == err[0]  # the last line, the only one
+    assert len(err) == 1 and err[0].startswith('error: 5 of 7 images failed: '), err
+    for bad, why in ((empty, 'empty file (0 bytes)'), (text, 'not an image'),
+                     (tmp_path / 'other', 'a folder'), (tmp_path / 'gone.png', 'not found'),
+                     (twin, 'already written')):
+        assert f'{bad}: ' in err[0] and why in err[0]
+    assert '2 images written' in res.stdout
+    assert sorted(os.listdir(out)) == ['img0.png', 'img1.png']  # from the good images
+    vis = cv2.imread(str(out / 'img0.png'))
+    assert vis.shape == (48, 160, 3)  # img0.jpg's, not overwritten by other/img0.png
+
+
+def test_visualize_cli_single_bad_image(files, tmp_path, capsys):
+    empty = tmp_path / 'empty.png'
+    empty.write_bytes(b'')
+    out = tmp_path / 'vis'
+    assert tool_main('visualize.py', TINY_CONFIG, files['adapter'], empty,
+                     '--backbone', files['converted'], '--save_dir', out) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f'error: {empty}: empty file (0 bytes), not an image']
+    assert not out.exists()

@@ -125,7 +125,7 @@ def test_benchmark_writes_three_fps_figures(tmp_path):
     assert all(v > 0 for v in saved['fps'].values())
     assert saved['ratio_merged_vs_plain'] == pytest.approx(
         saved['fps']['merged'] / saved['fps']['plain'])
-    assert saved['soma_layers'] == 2 * 6
+    assert saved["adapted_layers"] == 2 * 6
     assert saved['merged_same_layers_as_plain'] is True
     assert all(len(t) == 2 for t in saved['seconds_per_forward'].values())
     assert result['max_abs_diff_merged_vs_unmerged'] < 1e-4

@@ -2,6 +2,7 @@
 # blocks 2 and 3 (r 4, alpha 8 -> s = 2), an FCN head. No datasets.
 default_scope = 'mmseg'
 custom_imports = dict(imports=['soma'], allow_failed_imports=False)
+cpu_threads = 1  # a tiny model: one torch thread (soma.apis.launch.cpu_thread_count)
 crop_size = (64, 64)
 model = dict(
     type='PEFTBackboneEncoderDecoder',

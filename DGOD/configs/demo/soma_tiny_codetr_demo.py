@@ -152,5 +152,9 @@ custom_hooks = [
     dict(type='WeightDecayLoggingHook', interval=20),
     dict(type='SoMAMetaHook'),
 ]
+# one torch CPU thread (soma.apis.launch.cpu_thread_count; OMP_NUM_THREADS overrides it):
+# the operations of a tiny model are too small to gain from a thread pool, and on a busy
+# machine its waiting costs many times the work itself
+cpu_threads = 1
 env_cfg = dict(mp_cfg=dict(mp_start_method='fork', opencv_num_threads=1),
                dist_cfg=dict(backend='gloo'))

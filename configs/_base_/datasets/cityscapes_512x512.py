@@ -35,3 +35,17 @@ val_cityscapes = dict(
     seg_map_suffix='_gtFine_labelTrainIds.png',
     pipeline=cityscapes_test_pipeline,
 )
+# The benchmark's test split: no labels; predictions go to the Cityscapes server
+# (tools/test.py --submit DIR writes the label-id PNGs and DIR.zip).
+cityscapes_test_split_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(2048, 1024), keep_ratio=True),
+    dict(type='PackSegInputs'),
+]
+test_cityscapes = dict(
+    type=cityscapes_type,
+    data_root=cityscapes_root,
+    data_prefix=dict(img_path='leftImg8bit/test'),
+    img_suffix='_leftImg8bit.png',
+    pipeline=cityscapes_test_split_pipeline,
+)

@@ -80,6 +80,11 @@ class BackboneAdapter(abc.ABC):
     def merge_and_unload(self) -> nn.Module:
         """The backbone with the adapters folded into plain layers (the adapter is gone)."""
 
+    @abc.abstractmethod
+    def unload(self) -> nn.Module:
+        """The backbone with the adapters taken off, not merged: plain layers holding only the
+        stored base weights (what the backbone computes without the adapters)."""
+
     def is_adapter_key(self, key: str) -> bool:
         """Whether ``key`` (of ``module.state_dict()``) belongs to the adapters."""
         return key in set(self.adapter_keys())

@@ -382,6 +382,12 @@ class PeftTuner(BackboneAdapter):
         plain.__dict__.pop('peft_adapter', None)
         return plain
 
+    def unload(self) -> nn.Module:
+        """peft's ``unload``: the base layers back in place, the adapters dropped unmerged."""
+        plain = self.tuner.unload()
+        plain.__dict__.pop('peft_adapter', None)
+        return plain
+
 
 def _refresh_dora_magnitude(layer) -> None:
     """DoRA's magnitude ``||W + s*B@A||`` (per output row) from the current weights, in place
