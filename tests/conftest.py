@@ -59,3 +59,26 @@ def one_thread(request):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """``make(size)`` -> the path of a fresh tmpfs of ``size`` bytes (unmounted after the
+    test), or a skip where this machine does not let the test mount one."""
+    import subprocess
+    mounted = []
+
+    def make(size, name='small'):
+        path = tmp_path / name
+        path.mkdir()
+        done = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={int(size)}', 'tmpfs',
+                               str(path)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip('cannot mount a small tmpfs here (not root?): the injected-ENOSPC '
+                        'tests cover the same path')
+        mounted.append(path)
+        return path
+
+    yield make
+    for path in mounted:
+        subprocess.run(['umount', str(path)], capture_output=True)

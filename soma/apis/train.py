@@ -34,9 +34,10 @@ from mmengine.runner import Runner
 
 from soma.apis.launch import (check_data_roots, cpu_threads, enable_amp, launch_rank,
                               load_config, run_cli, set_max_iters, set_work_dir, setup_launcher)
+from soma.engine.checkpoint_hook import find_resumable_checkpoint
 from soma.utils.run_lock import work_dir_lock
 
-__all__ = ['parse_args', 'build_train_config', 'train', 'main']
+__all__ = ['parse_args', 'build_train_config', 'use_safe_checkpoints', 'train', 'main']
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -87,9 +88,9 @@ def build_train_config(args: argparse.Namespace) -> Config:
     _warn_schedule_beyond_run(cfg)
     if args.amp:
         enable_amp(cfg)
-    if args.resume == 'auto':
+    if args.resume == 'auto':  # the newest complete checkpoint (none: start from scratch)
         cfg.resume = True
-        cfg.load_from = None
+        cfg.load_from = find_resumable_checkpoint(cfg.work_dir)
     elif args.resume is not None:
         if not osp.isfile(args.resume):
             raise FileNotFoundError(f'--resume: checkpoint not found: {args.resume}')
@@ -104,7 +105,24 @@ def build_train_config(args: argparse.Namespace) -> Config:
                       level=logging.WARNING)
         scale['enable'] = True
         cfg.auto_scale_lr = scale
+    use_safe_checkpoints(cfg)
     setup_launcher(cfg)
+    return cfg
+
+
+def use_safe_checkpoints(cfg: Config) -> Config:
+    """Crash-safe checkpoint saves and checked loads for any config: a plain
+    ``CheckpointHook`` becomes :class:`~soma.engine.SafeCheckpointHook` (same arguments), and
+    :class:`~soma.engine.CheckpointCheckHook` checks what ``load_from`` / ``resume`` load."""
+    hook = (cfg.get('default_hooks') or {}).get('checkpoint')
+    if hook is not None and hook.get('type') in ('CheckpointHook', 'mmengine.CheckpointHook'):
+        hook['type'] = 'SafeCheckpointHook'
+        print_log('default_hooks.checkpoint: CheckpointHook -> SafeCheckpointHook (a kill or a '
+                  'full disk during a save leaves the previous checkpoint)', logger='current')
+    hooks = list(cfg.get('custom_hooks') or [])
+    if not any(h.get('type') == 'CheckpointCheckHook' for h in hooks):
+        hooks.append(dict(type='CheckpointCheckHook'))
+    cfg.custom_hooks = hooks
     return cfg
 
 

@@ -1,6 +1,7 @@
 """Training machinery: optimizer constructor, weight-decay schedule, hooks, resumable loop."""
 from . import hooks, loops, optimizers, schedulers  # noqa: F401  (registration)
 from .amp_optim_wrapper import AutocastOptimWrapper
+from .checkpoint_hook import CheckpointCheckHook, SafeCheckpointHook
 from .hooks import LoadBackboneHook, SoMAMetaHook, WeightDecayLoggingHook
 from .loops import FastResumeIterBasedTrainLoop
 from .merge_hook import MergeAdaptersHook
@@ -9,7 +10,8 @@ from .schedulers import CosineAnnealingParamScheduler
 
 __all__ = ['PEFTOptimWrapperConstructor', 'CosineAnnealingParamScheduler',
            'WeightDecayLoggingHook', 'LoadBackboneHook', 'SoMAMetaHook',
-           'FastResumeIterBasedTrainLoop', 'MergeAdaptersHook', 'AutocastOptimWrapper']
+           'FastResumeIterBasedTrainLoop', 'MergeAdaptersHook', 'AutocastOptimWrapper',
+           'SafeCheckpointHook', 'CheckpointCheckHook']
 from .vis_backends import OptionalTensorboardVisBackend  # noqa: E402  (registration)
 
 __all__ += ['OptionalTensorboardVisBackend']

@@ -16,7 +16,9 @@ import pickle
 
 import numpy as np
 import torch
+from mmengine.fileio import LocalBackend, register_backend
 from mmengine.logging.history_buffer import HistoryBuffer
+from mmengine.runner import CheckpointLoader
 from numpy.core import multiarray  # numpy 2 keeps this path as an alias of numpy._core
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -25,7 +27,8 @@ from soma.utils.atomic import atomic_output
 
 __all__ = [
     'CheckpointError', 'EMA_STATE_DICT', 'allow_mmengine_checkpoint_types',
-    'load_checkpoint_file', 'save_checkpoint_file', 'get_state_dict'
+    'load_checkpoint_file', 'save_checkpoint_file', 'get_state_dict', 'tensor_bytes',
+    'AtomicLocalBackend'
 ]
 
 
@@ -70,6 +73,31 @@ def allow_mmengine_checkpoint_types():
 
 
 allow_mmengine_checkpoint_types()
+
+
+class AtomicLocalBackend(LocalBackend):
+    """mmengine's local file backend, writing through :func:`atomic_output`: a checkpoint a
+    Runner saves appears complete or not at all, and a full disk is one line that says so."""
+
+    def put(self, obj: bytes, filepath) -> None:
+        """Write ``obj`` to ``filepath`` atomically."""
+        with atomic_output(filepath, needed_bytes=len(obj)) as tmp, open(tmp, 'wb') as f:
+            f.write(obj)
+
+    def put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
+        """Write the text ``obj`` to ``filepath`` atomically."""
+        with atomic_output(filepath) as tmp, open(tmp, 'w', encoding=encoding) as f:
+            f.write(obj)
+
+
+def _load_local_checkpoint(filename, map_location=None):
+    """mmengine's loader for local paths: :func:`load_checkpoint_file` (``~`` expanded)."""
+    return load_checkpoint_file(osp.expanduser(os.fspath(filename)), map_location)
+
+
+# mmengine's own registries: every local save and load of a Runner goes through the above
+register_backend('local', AtomicLocalBackend, force=True, prefixes='')
+CheckpointLoader.register_scheme(prefixes='', loader=_load_local_checkpoint, force=True)
 
 
 # mmengine's EMAHook copy of the model; safetensors has no nesting, so it is stored flat
@@ -165,15 +193,28 @@ def _load_safetensors(path, map_location):
     return ckpt
 
 
-def save_checkpoint_file(obj, path):
+def tensor_bytes(obj) -> int:
+    """The bytes of the tensors inside ``obj`` (dicts, lists): what a checkpoint of it needs
+    on the disk, near enough."""
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def save_checkpoint_file(obj, path) -> None:
     """Save atomically: torch format, or safetensors when ``path`` ends with it.
 
     For safetensors, the tensors of ``obj['state_dict']`` (or of ``obj`` itself when it is
     a flat dict of tensors) are stored, and ``obj['meta']`` as json metadata; other
     entries (e.g. ``ema_state_dict``) are stored with an ``ema_state_dict.`` key prefix.
+    A full disk is a one-line :class:`~soma.utils.atomic.DiskFullError`, nothing written.
     """
     path = os.fspath(path)
-    with atomic_output(path) as tmp:
+    with atomic_output(path, needed_bytes=tensor_bytes(obj)) as tmp:
         if path.endswith('.safetensors'):
             _save_safetensors(obj, tmp)
         else:

@@ -38,7 +38,7 @@ def test_a_failed_rename_leaves_the_folder_as_it_was(tmp_path, monkeypatch, suff
         raise OSError(28, 'No space left on device')
 
     monkeypatch.setattr(os, 'replace', failing_replace)
-    with pytest.raises(OSError, match='No space left'):
+    with pytest.raises(OSError, match='disk full: writing .*out'):  # one line that says so
         save_checkpoint_file(_checkpoint(1), target)
     monkeypatch.undo()
     assert seen and seen[0] > 128 * 128 * 4  # the full-size temporary existed
@@ -81,7 +81,7 @@ def test_a_failed_folder_export_leaves_the_earlier_one(tmp_path, monkeypatch):
 
     monkeypatch.setattr(LoraConfig, 'save_pretrained', failing_config_write)
     full['state_dict']['backbone.model.blocks.3.mlp.fc2.lora_B.weight'] += 1.0
-    with pytest.raises(OSError, match='No space left'):
+    with pytest.raises(OSError, match='disk full: writing .*peft'):
         extract_peft_dir(full, backbone, out)
     monkeypatch.undo()
     assert _listing(tmp_path) == parent  # no temporary folder left beside it
@@ -102,3 +102,24 @@ def test_a_folder_with_other_files_is_not_overwritten(tmp_path):
         extract_peft_dir(full, backbone, out)
     assert os.listdir(out) == ['notes.txt']
 
+
+
+# ------------------------------------------------------------------ a full disk, through the tools
+@pytest.mark.parametrize('suffix', ['.pth', '.safetensors'])
+def test_merge_onto_a_full_disk_is_one_line_and_writes_nothing(tmp_path, small_filesystem,
+                                                               suffix):
+    from _tool_runner import tool_subprocess
+
+    from soma.checkpoints import extract_file
+    backbone, full = _peft_export(tmp_path)
+    save_checkpoint_file(backbone, tmp_path / 'converted.pth')
+    extract_file(full, tmp_path / 'adapter.pth')
+    small = small_filesystem(64 * 1024)  # the merged checkpoint needs ~1 MB
+    res = tool_subprocess('merge_soma_weights.py', '--backbone_ckpt', tmp_path / 'converted.pth',
+                          '--soma_ckpt', tmp_path / 'adapter.pth', '--merged_ckpt',
+                          small / f'merged{suffix}')
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: disk full: writing '), res.stderr
+    assert str(small) in lines[0] and 'free' in lines[0]
+    assert os.listdir(small) == []
