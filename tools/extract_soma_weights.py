@@ -48,6 +48,9 @@ def parse_args(argv=None):
     parser.add_argument('--device', default='cpu',
                         help='device of the SoMA init recomputed for --peft-dir (the training '
                              'device gives the training\'s values)')
+    parser.add_argument('--ignore-fingerprint', action='store_true',
+                        help='export the peft folder even when the backbone is not the one '
+                             'the adapter was trained on (its fingerprint differs)')
     args = parser.parse_args(argv)
     if not args.soma_ckpt and not args.peft_dir:
         parser.error('give --soma_ckpt, --peft-dir, or both')
@@ -63,7 +66,8 @@ def run(args):
         print(f'adapter checkpoint written to {path}')
     if args.peft_dir:
         extract_peft_dir(final, args.backbone, args.peft_dir, device=args.device,
-                         semantics=args.semantics)
+                         semantics=args.semantics,
+                         check_fingerprint=not args.ignore_fingerprint)
         print(f'peft adapter folder written to {args.peft_dir}')
 
 

@@ -32,12 +32,16 @@ def parse_args(argv=None):
     parser.add_argument('--merge-adapters', '--merge_adapters', dest='merge_adapters',
                         action='store_true', help='fold the adapters into plain weights')
     parser.add_argument('--device', default='cpu', help='device of the SVD re-initialisation')
+    parser.add_argument('--ignore-fingerprint', action='store_true',
+                        help='merge even when the backbone is not the one the adapter was '
+                             'trained on (its recorded fingerprint differs)')
     return parser.parse_args(argv)
 
 
 def run(args):
     path = merge_file(args.backbone_ckpt, args.soma_ckpt, args.out,
-                      merge_adapters=args.merge_adapters, device=args.device)
+                      merge_adapters=args.merge_adapters, device=args.device,
+                      check_fingerprint=not args.ignore_fingerprint)
     print(f'full checkpoint written to {path}')
 
 

@@ -36,6 +36,9 @@ def parse_args(argv=None):
     parser.add_argument('--device', default='cpu',
                         help='device of the SVD re-initialisation for residual adapters '
                              '(the training device gives a bit-exact rebuild)')
+    parser.add_argument('--ignore-fingerprint', action='store_true',
+                        help='merge even when the backbone is not the one the adapter was '
+                             'trained on (its recorded fingerprint differs)')
     parser.add_argument('--peft-dir', help="peft folder of extract_soma_weights.py --peft-dir: "
                                            "a 'residual' adapter's W_res from it, no SVD")
     return parser.parse_args(argv)
@@ -44,10 +47,11 @@ def parse_args(argv=None):
 def run(args):
     if args.peft_dir:
         path = merge_peft_file(args.backbone_ckpt, args.soma_ckpt, args.peft_dir,
-                               args.merged_ckpt, device=args.device)
+                               args.merged_ckpt, device=args.device,
+                               check_fingerprint=not args.ignore_fingerprint)
     else:
         path = merge_file(args.backbone_ckpt, args.soma_ckpt, args.merged_ckpt,
-                          device=args.device)
+                          device=args.device, check_fingerprint=not args.ignore_fingerprint)
     print(f'merged checkpoint written to {path}')
 
 

@@ -10,13 +10,17 @@
    the per-domain mIoU table.
 """
 import argparse
+import copy
 import os
 import os.path as osp
 import time
 from typing import List, Optional
 
+import torch
 from mmengine.config import Config
+from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
+from mmseg.registry import MODELS
 
 from soma.apis.launch import (check_max_iters, cpu_threads, leaf_datasets, run_cli, set_max_iters,
                               unique_visualizer_name)
@@ -24,14 +28,17 @@ from soma.apis.test import parse_args as parse_test_args
 from soma.apis.test import test
 from soma.checkpoints.layout import PathLike
 from soma.datasets import make_synthetic_dg_benchmark
+from soma.utils.checkpoint_io import save_checkpoint_file
 from soma.utils.run_lock import work_dir_lock
 
-__all__ = ['DEMO_CONFIG', 'demo_config', 'set_image_size', 'run_demo', 'main']
+__all__ = ['DEMO_CONFIG', 'BACKBONE_FILE', 'demo_config', 'set_image_size',
+           'write_demo_backbone', 'run_demo', 'main']
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo', 'soma_tiny_demo.py')
 NO_PRETRAINED = ('no pretrained weights: the backbone starts from random initialisation, '
                  'numbers are only a smoke test of the pipeline')
+BACKBONE_FILE = 'backbone.pth'  # WORK_DIR/backbone.pth: the demo's "converted backbone"
 
 
 def set_image_size(cfg: Config, size: int) -> Config:
@@ -74,6 +81,22 @@ def demo_config(data_root: PathLike, work_dir: PathLike, max_iters: Optional[int
     return cfg
 
 
+def write_demo_backbone(cfg: Config, path: PathLike, seed: int = 0) -> str:
+    """Write the random initialisation of the config's backbone (no adapters) to ``path``
+    and point the backbone's ``init_cfg`` at it: the demo then trains as a real run does,
+    from a converted backbone that extract / merge / spectrum take (``--backbone_ckpt``)."""
+    backbone_cfg = copy.deepcopy(cfg.model.backbone)
+    for key in ('lora_cfg', 'peft_cfg', 'init_cfg'):
+        backbone_cfg.pop(key, None)
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        backbone = MODELS.build(backbone_cfg)
+    save_checkpoint_file(backbone.state_dict(), path)
+    cfg.model.backbone.init_cfg = dict(type='Pretrained', checkpoint=os.fspath(path))
+    return os.fspath(path)
+
+
 def _pretrained_checkpoint(cfg):
     init_cfg = cfg.model.backbone.get('init_cfg') or {}
     path = init_cfg.get('checkpoint') if init_cfg.get('type') == 'Pretrained' else None
@@ -106,8 +129,12 @@ def _run_demo(work_dir, max_iters, num_train, num_val, image_size, seed):
     cfg = demo_config(data_root, train_dir, max_iters, val=False)
     cfg.randomness = dict(seed=seed, deterministic=False)
     pretrained = _pretrained_checkpoint(cfg)
-    print('[demo] 2/4 pretrained weights: '
-          + (f'{pretrained}' if pretrained else NO_PRETRAINED))
+    if pretrained:
+        print(f'[demo] 2/4 pretrained weights: {pretrained}')
+    else:
+        backbone = write_demo_backbone(cfg, osp.join(work_dir, BACKBONE_FILE), seed)
+        print(f'[demo] 2/4 {NO_PRETRAINED}; the random backbone is saved as {backbone} '
+              f'(the converted backbone the checkpoint tools take)')
     print(f'[demo] 3/4 training SoMA for {cfg.train_cfg.max_iters} iterations on the CPU '
           f'(logs in {train_dir})')
     t1 = time.time()
@@ -129,7 +156,8 @@ def _run_demo(work_dir, max_iters, num_train, num_val, image_size, seed):
     seconds['total'] = time.time() - t0
     _print_summary(metrics, seconds, vis_dir)
     return dict(metrics=metrics, seconds=seconds,
-                paths=dict(data=data_root, checkpoint=checkpoint, predictions=vis_dir))
+                paths=dict(data=data_root, checkpoint=checkpoint, predictions=vis_dir,
+                           backbone=pretrained or osp.join(work_dir, BACKBONE_FILE)))
 
 
 def _print_summary(metrics, seconds, vis_dir):

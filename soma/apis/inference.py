@@ -68,7 +68,8 @@ def _palette(n):
 
 def init_model(config: Union[PathLike, Config, dict], checkpoint: Optional[CheckpointLike] = None,
                device: Device = 'cpu', backbone: Optional[CheckpointLike] = None,
-               cfg_options: Optional[dict] = None) -> nn.Module:
+               cfg_options: Optional[dict] = None,
+               check_fingerprint: bool = True) -> nn.Module:
     """Build the segmentor of ``config`` (mmseg scope) and load its weights.
 
     Args:
@@ -81,6 +82,8 @@ def init_model(config: Union[PathLike, Config, dict], checkpoint: Optional[Check
             without ``checkpoint`` it initialises the backbone (and the adapters) and leaves
             the head random.
         cfg_options: overrides merged into the config.
+        check_fingerprint: refuse a ``backbone`` other than the one an adapter checkpoint
+            was trained on (:mod:`soma.checkpoints.fingerprint`).
     Returns:
         The model in eval mode, with ``model.cfg`` and ``model.dataset_meta``.
     """
@@ -97,7 +100,8 @@ def init_model(config: Union[PathLike, Config, dict], checkpoint: Optional[Check
     model = MODELS.build(model_cfg)
     ckpt = None
     if checkpoint is not None:
-        ckpt = load_soma_checkpoint(model, checkpoint, backbone=backbone, cfg=cfg)
+        ckpt = load_soma_checkpoint(model, checkpoint, backbone=backbone, cfg=cfg,
+                                    check_fingerprint=check_fingerprint)
     else:
         model.init_weights()
     if torch.device(device).type == 'cpu':

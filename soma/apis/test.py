@@ -46,6 +46,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                                            '--backbone)')
     parser.add_argument('--backbone', help='converted DINOv2 backbone (HFVisionBackbone: its '
                                            'transformers folder) merged into the checkpoint')
+    parser.add_argument('--ignore-fingerprint', action='store_true',
+                        help='with --backbone: load even when the backbone is not the one the '
+                             'adapter was trained on (its recorded fingerprint differs)')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation '
                                                            '(tta_model/tta_pipeline of the config)')
     parser.add_argument('--out', help='segmentation: folder for predicted train-id PNGs; '
@@ -155,7 +158,8 @@ def test(args: Union[argparse.Namespace, List[str]]) -> dict:
     if args.tta:
         model = model.module
     load_soma_checkpoint(model, args.checkpoint, backbone=args.backbone, cfg=cfg,
-                         config_path=args.config)
+                         config_path=args.config,
+                         check_fingerprint=not getattr(args, 'ignore_fingerprint', False))
     runner.logger.info(f'loaded {args.checkpoint}'
                        + (f' merged with the backbone {args.backbone}' if args.backbone else ''))
     if args.out and _is_det(cfg):

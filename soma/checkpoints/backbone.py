@@ -6,7 +6,8 @@ A converted backbone is what an adapter checkpoint is completed with (merge,
 * a converted DINOv2 file (``.pth`` / ``.safetensors``, ``tools/convert_models/
   convert_dinov2_sora.py``) with plain keys (``blocks.0.attn.q.weight`` ...), optionally all
   under ``backbone.`` or ``backbone.model.``; of a whole model checkpoint (heads too) its
-  backbone part is read;
+  backbone part is read (a trained model's only when its adapted layers hold the pretrained
+  weights: SoMA 'release' semantics, a plain peft LoRA; residuals are refused);
 * for an ``HFVisionBackbone``: its transformers folder (``config.json`` + weights, as
   ``save_pretrained`` writes it; the folder, its ``config.json``, or an mmengine config
   whose backbone is an HFVisionBackbone on it), read as the backbone reads it
@@ -27,14 +28,15 @@ from torch import nn
 from soma.models.adapters.base import BackboneAdapter
 from soma.models.backbones.hf_vision import HF_MODEL_PREFIX, hf_backbone_state_dict
 from soma.models.peft_backbone import adapter_of
-from soma.peft.config import ADAPTER_KEYWORD
+from soma.peft.config import ADAPTER_KEYWORD, SEMANTICS_RELEASE
 from soma.utils.checkpoint_io import CheckpointError, get_state_dict
 
-from .layout import (BACKBONE_PREFIX, CheckpointLike, few, file_name,
-                     load_soma_checkpoint_file)
+from .layout import (BACKBONE_PREFIX, PEFT, CheckpointLike, adapter_method, checkpoint_meta,
+                     checkpoint_semantics, few, file_name, load_soma_checkpoint_file)
 
 __all__ = ['CONVERT_SCRIPT', 'PRETRAINED_FILE', 'CONVERTED_FILE', 'converted_file_name',
-           'hf_folder_of', 'read_converted_backbone', 'backbone_target', 'plain_keys',
+           'hf_folder_of', 'backbone_part', 'read_converted_backbone', 'backbone_target',
+           'plain_keys',
            'fitting_weights',
            'load_backbone_weights']
 
@@ -92,7 +94,7 @@ def _hf_backbone_state_dict(folder: str, name: str) -> Dict[str, torch.Tensor]:
             hf_logging.enable_progress_bar()
 
 
-def _backbone_part(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def backbone_part(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """The plain backbone keys of a state dict: all of it, or (when some keys are under
     ``backbone.``: a model checkpoint) its backbone part; ``backbone.`` and a wrapper's
     ``model.`` removed when every key has them."""
@@ -113,8 +115,9 @@ def read_converted_backbone(source: CheckpointLike, name: str = 'backbone checkp
     folder = hf_folder_of(source)
     if folder is not None:
         return _hf_backbone_state_dict(folder, name)
-    state_dict = get_state_dict(load_soma_checkpoint_file(source))
-    state_dict = _backbone_part({k: v for k, v in state_dict.items() if torch.is_tensor(v)})
+    ckpt = load_soma_checkpoint_file(source)
+    state_dict = backbone_part({k: v for k, v in get_state_dict(ckpt).items()
+                                if torch.is_tensor(v)})
     fused = [k for k in state_dict if k.endswith('attn.qkv.weight')]
     if fused:
         raise CheckpointError(
@@ -127,10 +130,22 @@ def read_converted_backbone(source: CheckpointLike, name: str = 'backbone checkp
             f'(first keys: {few(state_dict)}); for an HFVisionBackbone pass its '
             f'transformers folder')
     lora = [k for k in state_dict if ADAPTER_KEYWORD in k]
-    if lora:
-        raise CheckpointError(f'{name}: holds adapter keys ({few(lora, 1)}); pass the '
-                              f'converted backbone, not a SoMA checkpoint')
+    if lora:  # a trained model: usable when its adapted weights are the pretrained ones
+        if not _pretrained_base(ckpt):
+            raise CheckpointError(
+                f'{name}: a trained model ({few(lora, 1)}) whose adapted weights are residuals '
+                f'W - s*B0@A0, not the backbone it was trained on; pass that converted '
+                f'backbone (the demo writes it to WORK_DIR/backbone.pth)')
+        state_dict = {k: v for k, v in state_dict.items() if ADAPTER_KEYWORD not in k}
     return state_dict
+
+
+def _pretrained_base(ckpt: dict) -> bool:
+    """Whether a trained model checkpoint stores its adapted layers' pretrained weights (SoMA
+    'release' semantics, a peft init that leaves the base weight alone)."""
+    if adapter_method(ckpt) == PEFT:
+        return checkpoint_meta(ckpt)[PEFT].get('base_weight') != 'residual'
+    return checkpoint_semantics(ckpt) == SEMANTICS_RELEASE
 
 
 def backbone_target(model: nn.Module) -> Tuple[nn.Module, str, Optional[BackboneAdapter]]:

@@ -19,7 +19,7 @@ from soma.peft.config import ADAPTER_KEYWORD
 from soma.peft.model import block_index
 from soma.utils.checkpoint_io import CheckpointError
 
-from .backbone import CONVERT_SCRIPT, CONVERTED_FILE, PRETRAINED_FILE, converted_file_name
+from .backbone import CONVERT_SCRIPT, PRETRAINED_FILE, converted_file_name
 from .layout import (BACKBONE_PREFIX, PathLike, DINOV2_LAYERS_PATTERN, MASK_TOKEN, SOMA_LORA_A,
                      SOMA_PREFIX, few)
 
@@ -65,23 +65,14 @@ def check_checkpoint_for_model(model: nn.Module, state_dict: dict, cfg: Optional
     adapter_only = all(ADAPTER_KEYWORD in k or k.endswith('.bias') or k.endswith(MASK_TOKEN)
                        for k in given_bb)
     if missing_bb and adapter_only:
-        converted = CONVERTED_FILE
-        pos = expected.get(prefix + 'pos_embed')
-        grid = _grid(pos.shape[1] - 1) if pos is not None else None
-        patch = _patch_size(expected, prefix)
-        if grid and patch:
-            converted = converted_file_name(grid[0] * patch, grid[1] * patch)
-        hf_folder = _cfg_get(cfg, 'model', 'backbone', 'model')
-        if _cfg_get(cfg, 'model', 'backbone', 'type') == 'HFVisionBackbone' and isinstance(
-                hf_folder, str):  # its converted backbone: the transformers folder
-            converted = hf_folder
+        converted, make = _converted_backbone_of(cfg, expected, prefix)
         merged = osp.join('checkpoints', 'merged_checkpoints', osp.basename(ckpt))
         raise CheckpointError(
             f'{ckpt} holds only adapter and head weights: {len(missing_bb)} backbone keys are '
-            f'missing ({few(missing_bb)}); add the converted backbone: python tools/test.py '
-            f'{config_path} {ckpt} --backbone {converted} (or merge first: python '
-            f'tools/merge_soma_weights.py --backbone_ckpt {converted} --soma_ckpt {ckpt} '
-            f'--merged_ckpt {merged})')
+            f'missing ({few(missing_bb)}); add the converted backbone{make}: python '
+            f'tools/test.py {config_path} {ckpt} --backbone {converted} (or merge first: '
+            f'python tools/merge_soma_weights.py --backbone_ckpt {converted} --soma_ckpt '
+            f'{ckpt} --merged_ckpt {merged})')
 
     # 1b. plain backbone keys (adapters folded in) for a SoMA model
     plain_bb = [k for k in unexpected
@@ -143,6 +134,29 @@ def check_checkpoint_for_model(model: nn.Module, state_dict: dict, cfg: Optional
     if unexpected:
         raise CheckpointError(
             f'{ckpt} has {len(unexpected)} keys the model does not have ({few(unexpected)})')
+
+
+def _converted_backbone_of(cfg, expected, prefix):
+    """``(the converted backbone to name, how to make it when it does not exist yet)``: the
+    config's own Pretrained backbone file, the transformers folder of an HFVisionBackbone,
+    else the README's converted DINOv2 for the model's resolution."""
+    init_cfg = _cfg_get(cfg, 'model', 'backbone', 'init_cfg') or {}
+    own = init_cfg.get('checkpoint') if init_cfg.get('type') == 'Pretrained' else None
+    if isinstance(own, str) and osp.exists(own):
+        return own, ''
+    hf_folder = _cfg_get(cfg, 'model', 'backbone', 'model')
+    if _cfg_get(cfg, 'model', 'backbone', 'type') == 'HFVisionBackbone' and isinstance(
+            hf_folder, str):  # its converted backbone: the transformers folder
+        return hf_folder, ''
+    pos = expected.get(prefix + 'pos_embed')
+    grid = _grid(pos.shape[1] - 1) if pos is not None else None
+    patch = _patch_size(expected, prefix)
+    height, width = (grid[0] * patch, grid[1] * patch) if grid and patch else (512, 512)
+    converted = converted_file_name(height, width)
+    if osp.exists(converted):
+        return converted, ''
+    return converted, (f' (make it first: python {CONVERT_SCRIPT} {PRETRAINED_FILE} {converted} '
+                       f'--height {height} --width {width}; then)')
 
 
 def _patch_size(expected, prefix):

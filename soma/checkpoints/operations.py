@@ -17,7 +17,9 @@ from soma.peft.config import ADAPTER_KEYWORD
 from soma.utils.checkpoint_io import (EMA_STATE_DICT, CheckpointError, get_state_dict,
                                       save_checkpoint_file)
 
-from .backbone import backbone_target, fitting_weights, plain_keys, read_converted_backbone
+from .backbone import (backbone_part, backbone_target, fitting_weights, plain_keys,
+                       read_converted_backbone)
+from .fingerprint import check_backbone_fingerprint, record_fingerprint
 from .layout import (BACKBONE_PREFIX, EMA_PREFIX, PEFT, CheckpointLike, Device, PathLike,
                      adapter_method, file_name, load_soma_checkpoint_file, strip_ema)
 from .model_check import check_checkpoint_for_model
@@ -48,8 +50,10 @@ def extract_soma_weights(full_ckpt: CheckpointLike, target_modules: Optional[Seq
     ones) or a peft model's (:func:`.peft_adapter.extract_peft`)."""
     full_ckpt = load_soma_checkpoint_file(full_ckpt)
     if _peft_method(full_ckpt, 'final checkpoint', semantics):
-        return extract_peft(full_ckpt)
-    return extract_soma(full_ckpt, target_modules, semantics)
+        out = extract_peft(full_ckpt)
+    else:
+        out = extract_soma(full_ckpt, target_modules, semantics)
+    return record_fingerprint(out, backbone_part(get_state_dict(full_ckpt)))
 
 
 def extract_soma_dgod_weights(full_ckpt: CheckpointLike,
@@ -58,17 +62,27 @@ def extract_soma_dgod_weights(full_ckpt: CheckpointLike,
     """Adapter + neck + heads checkpoint of a trained detector (no EMA copy)."""
     full_ckpt = load_soma_checkpoint_file(full_ckpt)
     if _peft_method(full_ckpt, 'final checkpoint', semantics):
-        return extract_peft(full_ckpt, keep_ema=False)
-    return extract_soma_dgod(full_ckpt, target_modules, semantics)
+        out = extract_peft(full_ckpt, keep_ema=False)
+    else:
+        out = extract_soma_dgod(full_ckpt, target_modules, semantics)
+    return record_fingerprint(out, backbone_part(get_state_dict(full_ckpt)))
 
 
 def merge_soma_weights(backbone_ckpt: CheckpointLike, adapter_ckpt: CheckpointLike,
-                       device: Device = 'cpu') -> dict:
+                       device: Device = 'cpu', check_fingerprint: bool = True) -> dict:
     """Full checkpoint = converted backbone + adapter/head checkpoint, the adapted weights
     rebuilt as the adapter's semantics ask (SoMA 'residual': W_res by the SVD init on
-    ``device``; peft pissa/olora: peft's residual)."""
+    ``device``; peft pissa/olora: peft's residual). A backbone other than the one the adapter
+    was trained on is refused (:mod:`.fingerprint`) unless ``check_fingerprint=False``."""
     backbone = read_converted_backbone(backbone_ckpt)
-    adapter_ckpt = load_soma_checkpoint_file(adapter_ckpt)
+    adapter = load_soma_checkpoint_file(adapter_ckpt)
+    merged = _merge(backbone, adapter, device)  # its own checks first: shapes, keys, meta
+    check_backbone_fingerprint(adapter, backbone, backbone_ckpt, adapter_ckpt, check_fingerprint)
+    return merged
+
+
+def _merge(backbone: dict, adapter_ckpt: dict, device: Device) -> dict:
+    """The merge of the method that wrote ``adapter_ckpt`` (both already read)."""
     if _peft_method(adapter_ckpt, 'adapter checkpoint'):
         return merge_peft(backbone, adapter_ckpt, device=device)
     return merge_soma(backbone, adapter_ckpt, device=device)
@@ -85,10 +99,12 @@ def fold_adapters(full_ckpt: CheckpointLike) -> dict:
 
 
 def generate_full_weights(backbone_ckpt: CheckpointLike, soma_ckpt: CheckpointLike,
-                          merge_adapters: bool = False, device: Device = 'cpu') -> dict:
+                          merge_adapters: bool = False, device: Device = 'cpu',
+                          check_fingerprint: bool = True) -> dict:
     """A full checkpoint for evaluation from a converted backbone and an adapter checkpoint:
     :func:`merge_soma_weights`, folded by :func:`fold_adapters` with ``merge_adapters``."""
-    full = merge_soma_weights(backbone_ckpt, soma_ckpt, device=device)
+    full = merge_soma_weights(backbone_ckpt, soma_ckpt, device=device,
+                              check_fingerprint=check_fingerprint)
     return fold_adapters(full) if merge_adapters else full
 
 
@@ -102,37 +118,45 @@ def extract_file(final_ckpt: CheckpointLike, soma_ckpt: PathLike,
 
 
 def merge_file(backbone_ckpt: CheckpointLike, soma_ckpt: CheckpointLike, merged_ckpt: PathLike,
-               merge_adapters: bool = False, device: Device = 'cpu') -> str:
+               merge_adapters: bool = False, device: Device = 'cpu',
+               check_fingerprint: bool = True) -> str:
     """Merge files and save the full checkpoint (atomically); the output path."""
     save_checkpoint_file(generate_full_weights(backbone_ckpt, soma_ckpt, merge_adapters,
-                                               device), merged_ckpt)
+                                               device, check_fingerprint), merged_ckpt)
     return os.fspath(merged_ckpt)
 
 
 # --------------------------------------------------------------------------- loading
 def prepare_checkpoint(checkpoint: CheckpointLike, backbone: Optional[CheckpointLike] = None,
-                       device: Device = 'cpu') -> dict:
-    """The checkpoint dict to load: the file itself, or merged with ``backbone`` when given."""
+                       device: Device = 'cpu', check_fingerprint: bool = True) -> dict:
+    """The checkpoint dict to load: the file itself, or merged with ``backbone`` when given
+    (the backbone it was trained on: checked by fingerprint unless ``check_fingerprint``
+    is False)."""
     ckpt = load_soma_checkpoint_file(checkpoint)
     if backbone is not None:
         if not any(ADAPTER_KEYWORD in k for k in get_state_dict(ckpt)):
             raise CheckpointError(
                 f'{file_name(checkpoint, "checkpoint")}: --backbone given but the checkpoint '
                 f'has no adapter keys to merge with it')
-        ckpt = merge_soma_weights(backbone, ckpt, device=device)
+        weights = read_converted_backbone(backbone)
+        merged = _merge(weights, ckpt, device)
+        check_backbone_fingerprint(ckpt, weights, backbone, checkpoint, check_fingerprint)
+        ckpt = merged
     return ckpt
 
 
 def load_soma_checkpoint(model: nn.Module, checkpoint: CheckpointLike,
                          backbone: Optional[CheckpointLike] = None, cfg: Optional[Config] = None,
                          config_path: Optional[PathLike] = None, use_ema: bool = False,
-                         strict: bool = True, device: Device = 'cpu') -> dict:
+                         strict: bool = True, device: Device = 'cpu',
+                         check_fingerprint: bool = True) -> dict:
     """Check, then load a (possibly adapter-only) checkpoint into ``model``; returns the dict.
 
     ``backbone``: a converted backbone merged in first (:func:`merge_soma_weights`).
     ``use_ema``: load the ``ema_state_dict`` copy (its ``module.`` prefix and ``steps`` removed).
     """
-    ckpt = prepare_checkpoint(checkpoint, backbone, device=device)
+    ckpt = prepare_checkpoint(checkpoint, backbone, device=device,
+                              check_fingerprint=check_fingerprint)
     if use_ema:
         ema = ckpt.get(EMA_STATE_DICT)
         if not isinstance(ema, dict):
@@ -162,7 +186,7 @@ def adapter_contents(ckpt: dict, adapter: BackboneAdapter) -> Tuple[bool, bool]:
 
 
 def complete_checkpoint(model: nn.Module, checkpoint: dict, source: CheckpointLike,
-                        strict: bool = True) -> List[str]:
+                        strict: bool = True, check_fingerprint: bool = True) -> List[str]:
     """Complete ``checkpoint`` (a dict about to be loaded into ``model``) in place with the
     converted backbone ``source``; return the added state-dict keys.
 
@@ -186,9 +210,9 @@ def complete_checkpoint(model: nn.Module, checkpoint: dict, source: CheckpointLi
     full_ema = {EMA_PREFIX + k: v for k, v in full.items()}
     if adapter is not None and any(BACKBONE_PREFIX + k in state_dict
                                    for k in adapter.adapter_keys()):
-        device = next(target.parameters()).device
-        merge = merge_peft if _peft_method(checkpoint, 'the loaded checkpoint') else merge_soma
-        merged = merge(converted, checkpoint, device=device)
+        merged = _merge(converted, checkpoint, next(target.parameters()).device)
+        check_backbone_fingerprint(checkpoint, converted, source, 'the loaded checkpoint',
+                                   check_fingerprint)
         full = {k: v for k, v in merged['state_dict'].items() if k in full}
         full_ema = {k: v for k, v in merged.get(EMA_STATE_DICT, full_ema).items()
                     if k in full_ema}

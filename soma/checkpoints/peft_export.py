@@ -21,6 +21,7 @@ from soma.utils.checkpoint_io import (EMA_STATE_DICT, CheckpointError, get_state
                                       save_checkpoint_file)
 
 from .backbone import read_converted_backbone
+from .fingerprint import check_backbone_fingerprint
 from .layout import (EMA_PREFIX, SOMA, SOMA_LORA_A, SOMA_LORA_B, SOMA_PREFIX, CheckpointLike,
                      Device, PathLike, checkpoint_semantics, load_soma_checkpoint_file)
 from .skeleton import float32_weights
@@ -32,7 +33,7 @@ __all__ = ['soma_delta_model', 'extract_peft_dir', 'merge_soma_weights_with_peft
 
 
 def soma_delta_model(ckpt: CheckpointLike, backbone_ckpt: CheckpointLike, device: Device = 'cpu',
-                     semantics: Optional[str] = None
+                     semantics: Optional[str] = None, check_fingerprint: bool = True
                      ) -> Tuple[SoMAModel, Optional[Dict[str, Tuple[torch.Tensor, torch.Tensor]]]]:
     """A checkpoint's trained adapters on the converted backbone, ready for a peft export.
 
@@ -43,19 +44,22 @@ def soma_delta_model(ckpt: CheckpointLike, backbone_ckpt: CheckpointLike, device
     ``soma.peft`` on ``device`` (the training device gives the training's values), and the
     model's weights are W_res; for 'release' it is ``None`` and they are W_pretrained.
     ``semantics`` overrides the recorded one. Feed both to
-    :func:`soma.peft.interop.save_peft_delta`. The EMA copy is not used.
+    :func:`soma.peft.interop.save_peft_delta`. The EMA copy is not used. The backbone must be
+    the one the checkpoint was trained on (:mod:`.fingerprint`; ``check_fingerprint``).
     """
+    source = ckpt
     ckpt = load_soma_checkpoint_file(ckpt)
     state_dict = get_state_dict(ckpt)
     require_adapters(state_dict, 'checkpoint')
     backbone = read_converted_backbone(backbone_ckpt)
     check_adapter_fits(backbone, state_dict)
+    check_backbone_fingerprint(ckpt, backbone, backbone_ckpt, source, check_fingerprint)
     semantics = semantics or checkpoint_semantics(ckpt)
     layers = adapter_ranks({k: v for k, v in state_dict.items()
-                                         if not k.startswith(EMA_PREFIX)})
+                            if not k.startswith(EMA_PREFIX)})
     config = soma_config_of(output_meta(ckpt).get(SOMA) or {}, layers)
     model = skeleton_soma_model(float32_weights(backbone, layers, device), config,
-                                             init=semantics == SEMANTICS_RESIDUAL)
+                                init=semantics == SEMANTICS_RESIDUAL)
     adapted = model.adapted_layers()
     check_layer_sets(adapted, layers, 'checkpoint')
     initial = None
@@ -74,14 +78,15 @@ def soma_delta_model(ckpt: CheckpointLike, backbone_ckpt: CheckpointLike, device
 
 
 def extract_peft_dir(ckpt: CheckpointLike, backbone_ckpt: CheckpointLike, directory: PathLike,
-                     device: Device = 'cpu', semantics: Optional[str] = None) -> Dict[str, str]:
+                     device: Device = 'cpu', semantics: Optional[str] = None,
+                     check_fingerprint: bool = True) -> Dict[str, str]:
     """Write a checkpoint's adapters as a peft LoRA folder over the converted backbone.
 
     ``PeftModel.from_pretrained(<plain DINOv2 with the converted weights>, directory)`` then
     computes what the SoMA model computes (:func:`soma_delta_model`,
     :func:`soma.peft.interop.save_peft_delta`). Returns ``{file name: path}``.
     """
-    model, initial = soma_delta_model(ckpt, backbone_ckpt, device, semantics)
+    model, initial = soma_delta_model(ckpt, backbone_ckpt, device, semantics, check_fingerprint)
     return save_peft_delta(model, os.fspath(directory), initial)
 
 
@@ -115,7 +120,8 @@ def _residual_weights_from_peft(backbone: dict, adapter: dict, peft_layers: dict
 
 
 def merge_soma_weights_with_peft(backbone_ckpt: CheckpointLike, adapter_ckpt: CheckpointLike,
-                                 peft_dir: PathLike, device: Device = 'cpu') -> dict:
+                                 peft_dir: PathLike, device: Device = 'cpu',
+                                 check_fingerprint: bool = True) -> dict:
     """:func:`soma.checkpoints.merge_soma_weights` without its SVD: W_res comes from the peft
     folder.
 
@@ -125,26 +131,32 @@ def merge_soma_weights_with_peft(backbone_ckpt: CheckpointLike, adapter_ckpt: Ch
     'release' adapter needs no rebuild (the folder is only checked to exist).
     """
     peft_layers = load_peft_adapter_weights(peft_dir)
+    source = adapter_ckpt
     adapter_ckpt = load_soma_checkpoint_file(adapter_ckpt)
     backbone = read_converted_backbone(backbone_ckpt)
     if checkpoint_semantics(adapter_ckpt) != SEMANTICS_RESIDUAL:
-        return merge_soma(backbone, adapter_ckpt, device=device)
-    adapter = get_state_dict(adapter_ckpt)
-    require_adapters(adapter, 'adapter checkpoint')
-    check_adapter_fits(backbone, adapter)
-    config = soma_config_of(output_meta(adapter_ckpt).get(SOMA) or {},
-                                         adapter_ranks(adapter))
-    residual = _residual_weights_from_peft(backbone, adapter, peft_layers, config, device)
-    completed = dict(adapter_ckpt, state_dict=dict(adapter, **residual))
-    ema = adapter_ckpt.get(EMA_STATE_DICT)
-    if isinstance(ema, dict):
-        completed[EMA_STATE_DICT] = dict(ema, **{EMA_PREFIX + k: v for k, v in residual.items()})
-    return merge_soma(backbone, completed, device=device)
+        merged = merge_soma(backbone, adapter_ckpt, device=device)
+    else:
+        adapter = get_state_dict(adapter_ckpt)
+        require_adapters(adapter, 'adapter checkpoint')
+        check_adapter_fits(backbone, adapter)
+        config = soma_config_of(output_meta(adapter_ckpt).get(SOMA) or {},
+                                adapter_ranks(adapter))
+        residual = _residual_weights_from_peft(backbone, adapter, peft_layers, config, device)
+        completed = dict(adapter_ckpt, state_dict=dict(adapter, **residual))
+        ema = adapter_ckpt.get(EMA_STATE_DICT)
+        if isinstance(ema, dict):
+            completed[EMA_STATE_DICT] = dict(ema, **{EMA_PREFIX + k: v
+                                                     for k, v in residual.items()})
+        merged = merge_soma(backbone, completed, device=device)
+    check_backbone_fingerprint(adapter_ckpt, backbone, backbone_ckpt, source, check_fingerprint)
+    return merged
 
 
 def merge_peft_file(backbone_ckpt: CheckpointLike, soma_ckpt: CheckpointLike, peft_dir: PathLike,
-                    merged_ckpt: PathLike, device: Device = 'cpu') -> str:
+                    merged_ckpt: PathLike, device: Device = 'cpu',
+                    check_fingerprint: bool = True) -> str:
     """:func:`merge_soma_weights_with_peft` from files, saved atomically; the output path."""
-    save_checkpoint_file(merge_soma_weights_with_peft(backbone_ckpt, soma_ckpt, peft_dir,
-                                                      device), merged_ckpt)
+    save_checkpoint_file(merge_soma_weights_with_peft(backbone_ckpt, soma_ckpt, peft_dir, device,
+                                                      check_fingerprint), merged_ckpt)
     return os.fspath(merged_ckpt)

@@ -102,13 +102,16 @@ class LoadBackboneHook(Hook):
             keys, optionally prefixed ``backbone.`` / ``backbone.model.``; a transformers
             folder for an HFVisionBackbone; :mod:`soma.checkpoints.backbone`).
         strict: raise when backbone weights are missing from the file or shapes differ.
+        check_fingerprint: refuse completing an adapter checkpoint that records another
+            backbone (:mod:`soma.checkpoints.fingerprint`).
     """
 
     priority = 'VERY_HIGH'  # before EMAHook (NORMAL) loads the checkpoint into its copy
 
-    def __init__(self, checkpoint_path, strict: bool = True):
+    def __init__(self, checkpoint_path, strict: bool = True, check_fingerprint: bool = True):
         self.checkpoint_path = os.fspath(checkpoint_path)
         self.strict = strict
+        self.check_fingerprint = check_fingerprint
 
     def before_run(self, runner: Runner) -> None:
         """Load the converted backbone into the model's backbone."""
@@ -120,7 +123,7 @@ class LoadBackboneHook(Hook):
     def after_load_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
         """Complete the loaded checkpoint with the converted backbone (in place)."""
         added = complete_checkpoint(unwrap_model(runner.model), checkpoint,
-                                    self.checkpoint_path, self.strict)
+                                    self.checkpoint_path, self.strict, self.check_fingerprint)
         if added:
             runner.logger.info(f'LoadBackboneHook: added {len(added)} backbone tensors from '
                                f'{self.checkpoint_path} to the loaded checkpoint')

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from soma import checkpoints as ck
+from soma.checkpoints.fingerprint import backbone_fingerprint
 from soma.utils.checkpoint_io import CheckpointError, load_checkpoint_file, save_checkpoint_file
 
 sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'tools'))  # shared helpers
@@ -48,6 +49,8 @@ def test_extract_keeps_exactly_the_released_layout():
     # the patch embedding's proj.bias is not a target layer; frozen blocks 0, 1 are dropped
     assert 'backbone.model.patch_embed.proj.bias' not in out['state_dict']
     assert 'backbone.model.blocks.1.attn.q.bias' not in out['state_dict']
+    fingerprint = out['meta']['soma'].pop('backbone_fingerprint')  # of the trained backbone
+    assert fingerprint == backbone_fingerprint(converted_backbone())
     assert out['meta'] == {'soma': {'semantics': 'release', 'lora_cfg': {'r': 4}},
                            'dataset_meta': {'classes': ['a', 'b']}}
     for k, v in out['state_dict'].items():
@@ -58,7 +61,8 @@ def test_extract_without_ema_and_semantics_override():
     full = release_full_checkpoint(converted_backbone(), ema=False)
     out = ck.extract_soma_weights(full, semantics='residual')
     assert 'ema_state_dict' not in out
-    assert out['meta']['soma'] == {'semantics': 'residual'}
+    assert out['meta']['soma'] == {'semantics': 'residual', 'backbone_fingerprint':
+                                   backbone_fingerprint(converted_backbone())}
     assert ck.checkpoint_semantics(out) == 'residual'
     assert ck.checkpoint_semantics(ck.extract_soma_weights(full)) == 'release'
 

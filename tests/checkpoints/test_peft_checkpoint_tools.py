@@ -14,6 +14,7 @@ from mmengine.config import Config
 
 import soma  # noqa: F401
 from soma import checkpoints as ck
+from soma.checkpoints.fingerprint import backbone_fingerprint
 from soma.models.backbones.dinov2 import DinoVisionTransformer
 from soma.models.peft_backbone import (init_soma_after_weights, merge_and_unload_backbone,
                                        adapter_of, wrap_backbone)
@@ -150,7 +151,8 @@ def test_trained_peft_model_through_the_tools(tmp_path, pretrained):
     assert set(extracted['state_dict']) == expected
     assert any('lora_magnitude_vector' in k for k in expected)
     assert set(extracted['ema_state_dict']) == {'module.' + k for k in expected}
-    assert extracted['meta']['peft'] == meta
+    assert extracted['meta']['peft'] == dict(meta, backbone_fingerprint=backbone_fingerprint(
+        pretrained))  # and the backbone it was trained on
 
     # 3. merge with the converted backbone: the trained checkpoint, bit for bit
     merged_path = tmp_path / 'merged.pth'
@@ -238,7 +240,8 @@ def test_extract_merge_fold_each_init(kw, pretrained):
     if kw.get('init_lora_weights') == 'mica':  # MiCA's lora_B is frozen, and kept
         assert not any('lora_B' in k for k in full['meta']['peft']['trainable'])
     assert set(adapter['state_dict']) == expected | {'decode_head.conv_seg.weight'}
-    assert adapter['meta'] == full['meta']
+    assert adapter['meta'] == dict(full['meta'], peft=dict(
+        full['meta']['peft'], backbone_fingerprint=backbone_fingerprint(pretrained)))
     dgod = ck.extract_soma_dgod_weights(full)  # the detector's: the same, no EMA copy
     assert set(dgod['state_dict']) == set(adapter['state_dict']) and 'ema_state_dict' not in dgod
 
