@@ -98,17 +98,24 @@ def freeze_position_embedding(backbone: nn.Module, input_hw) -> nn.Module:
     return backbone
 
 
-def _normaliser(data_preprocessor):
-    """``(mean, std, to_bgr)`` of an mmengine image data preprocessor (None: no normalising).
+def _normaliser(model):
+    """``(mean, std, to_bgr)`` of the model's data preprocessor (mean None: no normalising).
 
-    ``to_bgr``: the model takes the channels in the loaded (BGR) order, so the RGB input of
-    the graph is flipped.
+    ``to_bgr``: the model takes the channels in the loaded (BGR) order (its preprocessor
+    config has neither ``bgr_to_rgb`` nor ``rgb_to_bgr``), so the RGB input is flipped.
+    The flag is read from ``model.cfg`` (set by ``init_model``): mmengine's preprocessor
+    keeps it private.
     """
-    mean = getattr(data_preprocessor, 'mean', None)
-    std = getattr(data_preprocessor, 'std', None)
-    to_bgr = not getattr(data_preprocessor, 'channel_conversion', False)
+    cfg = getattr(model, 'cfg', None)
+    pre_cfg = cfg.model.get('data_preprocessor') if cfg is not None else None
+    if not pre_cfg:
+        raise ExportError(f'{type(model).__name__}: no model.cfg.model.data_preprocessor '
+                          f'(build the model with soma.apis.inference.init_model)')
+    to_bgr = not (pre_cfg.get('bgr_to_rgb') or pre_cfg.get('rgb_to_bgr'))
+    mean = getattr(model.data_preprocessor, 'mean', None)
     if mean is None:
         return None, None, to_bgr
+    std = model.data_preprocessor.std
     return mean.detach().clone().view(1, -1, 1, 1), std.detach().clone().view(1, -1, 1, 1), \
         to_bgr
 
@@ -120,7 +127,7 @@ class _ImageGraph(nn.Module):
         super().__init__()
         self.model = model
         self.input_hw = tuple(int(s) for s in input_hw)
-        mean, std, self.to_bgr = _normaliser(model.data_preprocessor)
+        mean, std, self.to_bgr = _normaliser(model)
         self.normalise = mean is not None
         if self.normalise:
             self.register_buffer('mean', mean)
@@ -134,6 +141,13 @@ class _ImageGraph(nn.Module):
 class SegmentorGraph(_ImageGraph):
     """``image`` -> ``logits``: normalisation + the segmentor's ``encode_decode`` (see the
     module docstring)."""
+
+    def __init__(self, segmentor, input_hw):
+        super().__init__(segmentor, input_hw)
+        pad = getattr(segmentor.data_preprocessor, 'test_cfg', None) or {}
+        if pad.get('size') or pad.get('size_divisor'):
+            raise ExportError(f'data_preprocessor.test_cfg={dict(pad)} pads the test images: '
+                              f'not supported by the export (the runner does not pad)')
 
     def forward(self, image):
         meta = dict(img_shape=self.input_hw, ori_shape=self.input_hw)
@@ -154,6 +168,12 @@ class DetrGraph(_ImageGraph):
         if head is None:
             raise ExportError(f'{type(detector).__name__} has no query_head: only the Co-DETR '
                               f'detr branch can be exported')
+        divisor = int(getattr(detector.data_preprocessor, 'pad_size_divisor', 1) or 1)
+        if self.input_hw[0] % divisor or self.input_hw[1] % divisor:
+            raise ExportError(
+                f'--shape {self.input_hw[0]} {self.input_hw[1]}: the detector pads its input '
+                f'to multiples of {divisor} (data_preprocessor.pad_size_divisor); export at '
+                f'multiples of {divisor}, so that nothing is padded')
         self.num_classes = head.num_classes
         max_per_img = (head.test_cfg or {}).get('max_per_img', head.num_query)
         self.k = min(int(max_per_img), head.num_query * head.num_classes)

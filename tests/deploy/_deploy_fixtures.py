@@ -46,11 +46,12 @@ def semantic_fpn(channels=64):
     return neck, head
 
 
-def converted_dinov2(path, seed=7):
+def converted_dinov2(path, seed=7, img_size=SIZE):
     """A 'converted DINOv2' file for :data:`DINOV2` (plain DINOv2 keys)."""
     from soma.models.backbones.dinov2 import DinoVisionTransformer
     torch.manual_seed(seed)
     cfg = {k: v for k, v in DINOV2.items() if k != 'type'}
+    cfg['img_size'] = img_size
     torch.save(DinoVisionTransformer(**cfg).state_dict(), path)
     return path
 
