@@ -27,6 +27,8 @@ import warnings
 import numpy as np
 import torch
 from torch import nn
+# the documented home of TorchDispatchMode (used to find the module of a failing op)
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from soma.utils.checkpoint_io import atomic_output
 
@@ -89,24 +91,41 @@ def _module_trail(root: nn.Module, trail: list):
             handle.remove()
 
 
-def _scope_of(error_text, op):
-    """The module scope of ``op`` in the TorchScript IR that torch prints with an error."""
-    for line in error_text.splitlines():
-        if op in line and 'scope: ' in line:
-            scope = line.split('scope: ', 1)[1].split()[0].split('/')[-1]
-            scope = scope.replace('__module.', '')
-            return scope[len('model.'):] if scope.startswith('model.') else scope
-    return None
+class _OpSpy(TorchDispatchMode):
+    """Records the module trail the first time the aten operator ``op`` runs."""
+
+    def __init__(self, op, trail):
+        super().__init__()
+        self.op, self.trail, self.where = op, trail, None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.where is None and func.name().split('.')[0] == self.op and self.trail:
+            self.where = self.trail[-1]
+        return func(*args, **(kwargs or {}))
 
 
-def _failure(error, trail) -> ExportError:
+def _module_running(graph, example, op):
+    """The innermost module whose forward runs the aten operator ``op`` (or None)."""
+    trail = []
+    spy = _OpSpy(op, trail)
+    try:
+        with _module_trail(graph, trail), torch.no_grad(), spy:
+            graph(example)
+    except Exception:  # noqa: BLE001  (only looking for the operator)
+        pass
+    return spy.where
+
+
+def _failure(error, trail, graph, example) -> ExportError:
+    """The one-line error: the module whose forward raised, or the one that runs the
+    operator the exporter has no ONNX form for."""
     text = str(error)
     reason = ' '.join((text.strip().splitlines() or [type(error).__name__])[0].split())[:300]
     if trail:
         where = trail[-1]
     else:
-        ops = re.findall(r"operator '([\w:.]+)'", text)
-        where = (_scope_of(text, ops[0]) if ops else None) or 'the model'
+        ops = re.findall(r"operator '(aten::\w+)'", text)
+        where = (_module_running(graph, example, ops[0]) if ops else None) or 'the model'
     return ExportError(f'cannot export {where}: {type(error).__name__}: {reason}')
 
 
@@ -131,7 +150,7 @@ def export_graph(graph: nn.Module, path, example: torch.Tensor, output_names,
                               input_names=['image'], output_names=list(output_names),
                               dynamic_axes=dynamic_axes, do_constant_folding=True)
     except Exception as e:  # noqa: BLE001  (tracing runs arbitrary model code)
-        raise _failure(e, trail) from None
+        raise _failure(e, trail, graph, example) from None
 
 
 def _foreign_nodes(model):
