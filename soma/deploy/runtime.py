@@ -37,8 +37,9 @@ import numpy as np
 
 __all__ = ['DeployError', 'META_PREFIX', 'IMAGE_EXTS', 'VIDEO_EXTS', 'read_metadata',
            'OnnxSegmentor', 'resize_image', 'resize_logits', 'slide_windows', 'colorize',
-           'blend', 'read_image', 'list_inputs', 'iter_video', 'VideoSink', 'atomic_path',
-           'write_png', 'run', 'parse_args', 'main']
+           'blend', 'read_image', 'list_inputs', 'iter_video', 'video_info', 'VideoSink',
+           'atomic_path', 'write_png', 'label_dtype', 'run', 'segment_video', 'parse_args',
+           'main']
 
 META_PREFIX = 'soma.'
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
@@ -317,7 +318,7 @@ def list_inputs(inputs) -> list:
 
 
 def iter_video(path, batch_size):
-    """Batches (lists) of BGR frames of a video; ``(fps, frame count)`` via ``video_info``."""
+    """Batches (lists of up to ``batch_size``) of the BGR frames of a video."""
     cap = cv2.VideoCapture(os.fspath(path))
     if not cap.isOpened():
         raise DeployError(f'cannot open video {path}')
@@ -408,6 +409,7 @@ class VideoSink:
 
 
 def label_dtype(num_classes):
+    """The dtype of label PNGs: uint8 up to 256 classes, else uint16."""
     return np.uint8 if num_classes <= 256 else np.uint16
 
 
