@@ -19,7 +19,7 @@ from soma.apis.demo import demo_config
 
 TESTS = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.join(TESTS, 'tools'))
-from _tool_runner import REPO, tool_main, tool_subprocess  # noqa: E402,F401
+from _tool_runner import REPO, tool_main  # noqa: E402,F401
 
 SIZE = 64
 SOMA = dict(lora_cfg=dict(type='soma', r=4, lora_alpha=8, start_lora_idx=2))
