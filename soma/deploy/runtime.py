@@ -80,7 +80,7 @@ class OnnxSegmentor:
     Args:
         path: the ``.onnx`` file written by ``tools/deploy/export_onnx.py``.
         batch_size: most windows/images per graph call when the batch is free (default: the
-            config's ``slide_batch_size``, else 8); a fixed-batch graph takes its own batch.
+            config's ``slide_batch_size``, else 8); a graph of batch 1 takes one at a time.
         providers: onnxruntime execution providers (default: CPU).
         threads: onnxruntime intra-op threads (default: onnxruntime's choice).
     """
@@ -115,8 +115,11 @@ class OnnxSegmentor:
                               f'got {inputs[0].shape}')
         self.input_hw = (h, w)
         self.fixed_batch = _dim(n)
+        if self.fixed_batch not in (None, 1):
+            raise DeployError(f'{path}: a fixed batch of {n}; export with batch 1 or '
+                              f'--dynamic-batch')
         default = self.meta.get('slide_batch_size') or 8
-        self.batch_size = self.fixed_batch or int(batch_size or default)
+        self.batch_size = 1 if self.fixed_batch else int(batch_size or default)
         if self.batch_size < 1:
             raise DeployError(f'batch size must be >= 1, got {self.batch_size}')
         self.classes = list(self.meta.get('classes') or [])
@@ -133,14 +136,11 @@ class OnnxSegmentor:
             raise DeployError(
                 f'{self.path}: input of shape {tuple(batch.shape)}, the model takes '
                 f'N x 3 x {self.input_hw[0]} x {self.input_hw[1]}')
-        n = batch.shape[0]
+        if self.fixed_batch and batch.shape[0] != self.fixed_batch:
+            raise DeployError(f'{self.path}: batch of {batch.shape[0]}, the model takes '
+                              f'{self.fixed_batch} (export with --dynamic-batch for more)')
         feed = np.ascontiguousarray(batch, dtype=np.float32)
-        if self.fixed_batch and n != self.fixed_batch:  # pad a short chunk to the fixed batch
-            if n > self.fixed_batch:
-                raise DeployError(f'{self.path}: batch {n} > the fixed batch {self.fixed_batch}')
-            feed = np.concatenate([feed, np.zeros((self.fixed_batch - n, ) + feed.shape[1:],
-                                                  np.float32)])
-        return self.session.run(['logits'], {'image': feed})[0][:n]
+        return self.session.run(['logits'], {'image': feed})[0]
 
     def preprocess(self, bgr: np.ndarray) -> np.ndarray:
         """The test pipeline's resize of a BGR uint8 image, as ``3 x H x W`` float32 RGB."""

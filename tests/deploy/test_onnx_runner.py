@@ -253,3 +253,5 @@ def test_errors_are_one_line_and_write_nothing(setup, whole, tmp_path):
     with pytest.raises(runtime.DeployError, match=r'input of shape \(1, 3, 64, 64\), the model '
                                                    r'takes N x 3 x 96 x 144'):
         onnx.run_graph(np.zeros((1, 3, 64, 64), np.float32))
+    with pytest.raises(runtime.DeployError, match='batch of 2, the model takes 1'):
+        onnx.run_graph(np.zeros((2, 3, 96, 144), np.float32))
