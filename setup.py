@@ -23,6 +23,7 @@ setup(
     extras_require={
         'optional': read_requirements('requirements/optional.txt'),
         'tests': read_requirements('requirements/tests.txt'),
+        'deploy': read_requirements('requirements/deploy.txt'),
     },
     zip_safe=False,
 )

@@ -21,7 +21,11 @@ Sections (each one's failure is recorded in the json and the table, the others s
   error against a float64 exact SVD on a few layers;
 * ``eval_windows``: one 1024 x 2048 image, sequential vs batched windows;
 * ``merged``: unmerged vs merged vs plain backbone inference (``tools/benchmark.py``, ViT-L +
-  Semantic FPN, 512, batch 4).
+  Semantic FPN, 512, batch 4);
+* ``onnx``: ViT-L SoMA + Mask2Former exported by ``soma.deploy`` (512, batch 1; exported from a
+  CPU copy) and run by onnxruntime's TensorRT / CUDA execution providers, when the installed
+  onnxruntime has them (``onnxruntime-gpu``; skipped otherwise, with the reason), against the
+  merged PyTorch model on the GPU: latency, peak GPU memory of PyTorch, max logit difference.
 
 ``--cpu-tiny``: the same code paths with tiny models and sizes on the CPU (a test runs it so
 the script cannot rot; its figures mean nothing). The json goes to ``--out``; the table
@@ -37,6 +41,7 @@ import os.path as osp
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 
@@ -47,7 +52,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 BEGIN, END = '<!-- gpu-suite:begin -->', '<!-- gpu-suite:end -->'
 SECTIONS = ('msda', 'roi_align', 'attention', 'train_step', 'codetr_step', 'soma_init',
-            'eval_windows', 'merged')
+            'eval_windows', 'merged', 'onnx')
 SEG_CONFIG = 'configs/soma/soma_dinov2-L_mask2former.py'
 FPN_CONFIG = 'configs/soma/soma_dinov2-L_semfpn.py'  # tools/benchmark.py: head without samples
 DET_CONFIG = 'DGOD/configs/soma/soma_dinov2-L_codetr_dg.py'
@@ -421,6 +426,43 @@ def section_merged(ctx):
                     repeat=3 if ctx.tiny else 10, warmup=1 if ctx.tiny else 3)
     keep = ('fps', 'ratio_merged_vs_plain', 'ratio_unmerged_vs_plain', 'max_abs_diff')
     return {k: v for k, v in res.items() if k in keep or k.startswith('ratio')}
+
+
+def section_onnx(ctx):
+    import onnxruntime as ort
+
+    from soma.apis.inference import init_model
+    from soma.deploy.export import build_graph, export_model
+    opts, size = _seg_cfg_options(ctx, 512)
+    model = init_model(osp.join(REPO, SEG_CONFIG), cfg_options=opts)  # random, CPU
+    path = osp.join(tempfile.mkdtemp(prefix='gpu_suite_onnx_'), 'model.onnx')
+    export_s = time.perf_counter()
+    export_model(model, path, (size, size))
+    out = dict(export_s=time.perf_counter() - export_s, size=size)
+    graph = build_graph(model, (size, size)).to(ctx.device)
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * 255
+    ctx.reset_peak()
+    with torch.inference_mode():
+        out['pytorch_merged_s'], ref = ctx.timed(lambda: graph(x.to(ctx.device)))
+    out['pytorch_peak_mb'] = ctx.peak_mb()
+    ref = ref.float().cpu().numpy()
+    wanted = ['CPUExecutionProvider'] if ctx.tiny else ['TensorrtExecutionProvider',
+                                                       'CUDAExecutionProvider']
+    available = ort.get_available_providers()
+    providers = [p for p in wanted if p in available]
+    if not providers:
+        out['skipped'] = (f'onnxruntime {ort.__version__} has no {" / ".join(wanted)} '
+                          f'(install onnxruntime-gpu); available: {available}')
+        return out
+    for provider in providers:
+        session = ort.InferenceSession(path, providers=[provider])
+        if session.get_providers()[0] != provider:  # e.g. TensorRT libraries missing
+            out[provider] = dict(skipped=f'onnxruntime fell back to {session.get_providers()}')
+            continue
+        seconds, logits = ctx.timed(lambda: session.run(['logits'], {'image': x.numpy()})[0])
+        out[provider] = dict(s=seconds, speedup_vs_pytorch=out['pytorch_merged_s'] / seconds,
+                             max_abs_diff=float(abs(logits - ref).max()))
+    return out
 
 
 # ---------------------------------------------------------------------- output

@@ -37,6 +37,7 @@ def test_gpu_suite_cpu_tiny(tmp_path, monkeypatch):
     assert windows['windows'] > windows['slide_batch_size'] and windows['label_agreement'] == 1
     assert windows['max_abs_logit_diff'] < 1e-4
     assert sections['train_step']['512_auto']['dtype'] == 'bfloat16'
+    assert sections['onnx']['CPUExecutionProvider']['max_abs_diff'] < 1e-4
     text = docs.read_text()
     assert 'old table' not in text and text.count(suite.BEGIN) == 1
     assert text.startswith('# Benchmarks\n\nbefore\n\n') and text.endswith('\n\nafter\n')

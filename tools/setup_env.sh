@@ -3,6 +3,7 @@
 #  - keeps an already-installed torch (e.g. a CUDA build on a GPU node), else installs torch==2.13.0
 #  - builds mmcv 2.1.0 with ops from source once and caches the wheel (CUDA ops when nvcc + GPU exist)
 #  - installs mmengine 0.10.x, mmsegmentation 1.2.2, mmdet 3.3.0, peft, transformers, test tools
+#  - installs onnx, onnxruntime, onnxscript (deployment, requirements/deploy.txt)
 #  - installs this package in editable mode
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +22,8 @@ pip_install() { "$VPY" -m pip install --disable-pip-version-check -q "$@" 2>&1 |
 
 if [ -f "$VENV/.soma-setup-ok" ] && [ "$VENV/.soma-setup-ok" -nt requirements/runtime.txt ] \
    && [ "$VENV/.soma-setup-ok" -nt setup.py ] && [ "$VENV/.soma-setup-ok" -nt tools/setup_env.sh ] \
-   && [ "$VENV/.soma-setup-ok" -nt requirements/tests.txt ] && [ "$VENV/.soma-setup-ok" -nt requirements/optional.txt ]; then
+   && [ "$VENV/.soma-setup-ok" -nt requirements/tests.txt ] && [ "$VENV/.soma-setup-ok" -nt requirements/optional.txt ] \
+   && [ "$VENV/.soma-setup-ok" -nt requirements/deploy.txt ]; then
   echo "[setup] $VENV is up to date"
   exit 0
 fi
@@ -59,7 +61,11 @@ else
 fi
 
 # 3. the rest
-pip_install -r requirements/runtime.txt -r requirements/tests.txt -r requirements/optional.txt
+# deploy.txt: onnx, onnxruntime, onnxscript (ONNX export and runner); it pins ml_dtypes so
+# that onnx keeps this project's numpy < 2
+pip_install -r requirements/runtime.txt -r requirements/tests.txt -r requirements/optional.txt \
+  -r requirements/deploy.txt
 pip_install --no-deps --no-build-isolation -e .
 "$VPY" -c "import mmcv.ops, mmseg, mmdet, soma; print('[setup] ok: mmcv', mmcv.__version__, 'mmseg', mmseg.__version__, 'mmdet', mmdet.__version__)"
+"$VPY" -c "import numpy, onnx, onnxruntime, onnxscript; assert numpy.__version__ < '2', numpy.__version__; print('[setup] ok: onnx', onnx.__version__, 'onnxruntime', onnxruntime.__version__, 'numpy', numpy.__version__)"
 touch "$VENV/.soma-setup-ok"

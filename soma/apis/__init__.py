@@ -36,6 +36,8 @@ for _module, _names in {
         'benchmark': ('merged_copy', 'plain_copy', 'time_models'),
         'demo': ('run_demo', ),
         'demo_dgod': ('run_dgod_demo', ),
+        'deploy': ('export_onnx', 'deploy_metadata'),
+        'video': ('segment_video', ),
 }.items():
     _EXPORTS.update({name: (_module, name) for name in _names})
 # functions named like their submodule get another name (the submodule keeps its own)

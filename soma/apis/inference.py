@@ -32,6 +32,7 @@ from torch import nn
 from soma.apis.launch import as_config
 from soma.checkpoints import load_soma_checkpoint
 from soma.checkpoints.layout import CheckpointLike, Device, PathLike
+from soma.deploy.runtime import colorize  # numpy only: one colouring for torch and ONNX
 from soma.utils.atomic import atomic_output
 from soma.utils.cli import InputsFailed, run_cli
 
@@ -180,16 +181,6 @@ def inference_model(model: nn.Module,
         with torch.no_grad():
             results.extend(runner.test_step(data))
     return results if is_batch else results[0]
-
-
-def colorize(label: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
-    """HxW label map -> HxWx3 uint8 RGB with ``palette`` (ignored/unknown ids black)."""
-    palette = np.asarray(palette, dtype=np.uint8)
-    label = np.asarray(label)
-    out = np.zeros(label.shape + (3,), dtype=np.uint8)
-    valid = (label >= 0) & (label < len(palette))
-    out[valid] = palette[label[valid]]
-    return out
 
 
 def read_image(path: PathLike) -> np.ndarray:

@@ -21,7 +21,7 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger, print_log
 
 from soma.registry import SEG_METRICS
-from soma.utils.checkpoint_io import atomic_output
+from soma.utils.atomic import atomic_output
 
 __all__ = ['CITYSCAPES_CLASSES', 'TRAIN_ID_TO_LABEL_ID', 'IMAGE_SUFFIXES', 'LABEL_ID_SUFFIX',
            'submission_name', 'train_ids_to_label_ids', 'write_png', 'SegPredictionWriter']

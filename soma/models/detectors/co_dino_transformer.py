@@ -119,10 +119,15 @@ class CoDinoTransformer(BaseModule):
         """Flatten the levels; masks from ``img_shape`` inside ``batch_input_shape``."""
         bs = mlvl_feats[0].size(0)
         input_h, input_w = batch_img_metas[0]['batch_input_shape']
-        masks = mlvl_feats[0].new_ones((bs, input_h, input_w))
-        for i, meta in enumerate(batch_img_metas):
-            img_h, img_w = meta['img_shape'][:2]
-            masks[i, :img_h, :img_w] = 0
+        if all(tuple(m['img_shape'][:2]) == (input_h, input_w) for m in batch_img_metas):
+            # nothing padded (always so with use_lsj): built from the batch size alone, so
+            # an exported graph (soma.deploy) keeps a free batch dimension
+            masks = mlvl_feats[0].new_zeros((bs, input_h, input_w))
+        else:
+            masks = mlvl_feats[0].new_ones((bs, input_h, input_w))
+            for i, meta in enumerate(batch_img_metas):
+                img_h, img_w = meta['img_shape'][:2]
+                masks[i, :img_h, :img_w] = 0
         feats, poss, mask_flat, shapes, ratios = [], [], [], [], []
         for lvl, feat in enumerate(mlvl_feats):
             mask = F.interpolate(masks[None], size=feat.shape[-2:]).to(torch.bool)[0]
