@@ -15,7 +15,6 @@ import os
 import os.path as osp
 from typing import List, Optional, Sequence, Union
 
-import cv2
 import mmcv
 import numpy as np
 import torch
@@ -32,8 +31,7 @@ from torch import nn
 from soma.apis.launch import as_config
 from soma.checkpoints import load_soma_checkpoint
 from soma.checkpoints.layout import CheckpointLike, Device, PathLike
-from soma.deploy.runtime import colorize  # numpy only: one colouring for torch and ONNX
-from soma.utils.atomic import atomic_output
+from soma.deploy.runtime import colorize, write_png  # numpy/opencv only: shared with ONNX
 from soma.utils.cli import InputsFailed, run_cli
 
 __all__ = ['init_model', 'inference_model', 'test_pipeline_of',
@@ -226,12 +224,7 @@ def visualize(model: nn.Module, images: Sequence[str], save_dir: PathLike, tta: 
         else:
             label = inference_model(model, bgr, tta=tta).pred_sem_seg.data[0].cpu().numpy()
             side_by_side = np.concatenate([bgr, colorize(label, palette)[..., ::-1]], axis=1)
-            ok, png = cv2.imencode('.png', np.ascontiguousarray(side_by_side))
-            if not ok:
-                raise RuntimeError(f'could not encode {path}')
-            os.makedirs(save_dir, exist_ok=True)
-            with atomic_output(path) as tmp, open(tmp, 'wb') as f:
-                f.write(png.tobytes())
+            write_png(path, np.ascontiguousarray(side_by_side))
             written[path] = img
         if bar is not None:
             bar.update()

@@ -24,21 +24,35 @@ torch and registers every model, so ``tools/deploy/onnx_infer.py`` loads this fi
 path instead of importing the package (see README, developer notes).
 """
 import argparse
-import contextlib
+import importlib.util
 import json
 import os
 import os.path as osp
 import sys
-import tempfile
 import time
 
 import cv2
 import numpy as np
 
+
+def _module_from_file(name: str, relative: str):
+    """A module of this project loaded from its file (``relative`` to ``soma/``), without
+    importing the ``soma`` package (which imports torch)."""
+    path = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), relative)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# the project's one atomic writer (pure Python), loaded from its file: this module stays
+# free of soma, hence of torch
+atomic_output = _module_from_file('soma_atomic', osp.join('utils', 'atomic.py')).atomic_output
+
 __all__ = ['DeployError', 'META_PREFIX', 'IMAGE_EXTS', 'VIDEO_EXTS', 'read_metadata',
            'OnnxSegmentor', 'resize_image', 'resize_logits', 'slide_windows', 'colorize',
            'blend', 'read_image', 'list_inputs', 'iter_video', 'video_info', 'VideoSink',
-           'atomic_path', 'write_png', 'label_dtype', 'run', 'segment_video', 'parse_args',
+           'atomic_output', 'write_png', 'label_dtype', 'run', 'segment_video', 'parse_args',
            'main']
 
 META_PREFIX = 'soma.'
@@ -349,37 +363,12 @@ def video_info(path):
     return fps, count
 
 
-@contextlib.contextmanager
-def atomic_path(path, suffix=''):
-    """Yield a temporary path in ``path``'s folder (ending in ``suffix``, for writers that
-    pick the format by extension); rename it onto ``path`` on success, remove it otherwise.
-
-    The project's writer is ``soma.utils.checkpoint_io.atomic_output``; this torch-free copy
-    keeps the runner free of ``soma`` (and so of torch).
-    """
-    path = os.fspath(path)
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.', suffix=f'.tmp{suffix}',
-                               dir=folder)
-    os.close(fd)
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
-
-
 def write_png(path, image: np.ndarray):
     """Write ``image`` (h x w label map or h x w x 3 BGR) as a PNG, atomically."""
     ok, data = cv2.imencode('.png', image)
     if not ok:
         raise DeployError(f'could not encode {path}')
-    with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+    with atomic_output(path) as tmp, open(tmp, 'wb') as f:
         f.write(data.tobytes())
 
 
@@ -387,7 +376,7 @@ class VideoSink:
     """An mp4v video written to a temporary file, renamed onto ``path`` by ``close()``."""
 
     def __init__(self, path, fps, size):
-        self._atomic = atomic_path(path, suffix=osp.splitext(path)[1] or '.mp4')
+        self._atomic = atomic_output(path, suffix=osp.splitext(path)[1] or '.mp4')
         self._tmp = self._atomic.__enter__()
         self._writer = cv2.VideoWriter(self._tmp, cv2.VideoWriter_fourcc(*'mp4v'), fps, size)
         if not self._writer.isOpened():

@@ -20,11 +20,12 @@ from mmengine.dist import is_main_process
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger, print_log
 
+from soma.deploy.runtime import write_png  # numpy/opencv only: one PNG writer
 from soma.registry import SEG_METRICS
 from soma.utils.atomic import atomic_output
 
 __all__ = ['CITYSCAPES_CLASSES', 'TRAIN_ID_TO_LABEL_ID', 'IMAGE_SUFFIXES', 'LABEL_ID_SUFFIX',
-           'submission_name', 'train_ids_to_label_ids', 'write_png', 'SegPredictionWriter']
+           'submission_name', 'train_ids_to_label_ids', 'SegPredictionWriter']
 
 # the 19 evaluated Cityscapes classes in train-id order, and the label id of each
 CITYSCAPES_CLASSES = ('road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light',
@@ -56,16 +57,6 @@ def train_ids_to_label_ids(train_ids: np.ndarray, where: str = 'prediction') -> 
         raise ValueError(f'{where}: train id {int(train_ids[bad][0])} is not one of the 19 '
                          f'Cityscapes classes (0..18)')
     return np.asarray(TRAIN_ID_TO_LABEL_ID, dtype=np.uint8)[train_ids]
-
-
-def write_png(array: np.ndarray, path: str) -> None:
-    """Write an HxW uint8 array as a grayscale PNG, atomically (temp file + rename)."""
-    import cv2
-    ok, png = cv2.imencode('.png', np.ascontiguousarray(array, dtype=np.uint8))
-    if not ok:
-        raise RuntimeError(f'could not encode {path} as PNG')
-    with atomic_output(path) as tmp, open(tmp, 'wb') as f:
-        f.write(png.tobytes())
 
 
 @SEG_METRICS.register_module()
@@ -123,13 +114,13 @@ class SegPredictionWriter(BaseMetric):
                 train_ids = pred + 1 if sample.get('reduce_zero_label', False) else pred
                 names['train'] = osp.splitext(osp.basename(img_path))[0] + '.png'
                 os.makedirs(self.train_id_dir, exist_ok=True)
-                write_png(train_ids.astype(np.uint8),
-                          osp.join(self.train_id_dir, names['train']))
+                write_png(osp.join(self.train_id_dir, names['train']),
+                          np.ascontiguousarray(train_ids, dtype=np.uint8))
             if self.label_id_dir:
                 names['label'] = submission_name(img_path)
                 os.makedirs(self.label_id_dir, exist_ok=True)
-                write_png(train_ids_to_label_ids(pred, img_path),
-                          osp.join(self.label_id_dir, names['label']))
+                write_png(osp.join(self.label_id_dir, names['label']),
+                          train_ids_to_label_ids(pred, img_path))
             self.results.append((img_path, names))
 
     def compute_metrics(self, results: list) -> dict:

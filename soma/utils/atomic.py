@@ -79,14 +79,16 @@ def _default_mode(full: int) -> int:
 
 
 @contextlib.contextmanager
-def atomic_output(path, needed_bytes: Optional[int] = None) -> Iterator[str]:
+def atomic_output(path, needed_bytes: Optional[int] = None, suffix: str = '') -> Iterator[str]:
     """Yield a temporary path next to ``path``; flush it and rename it onto ``path`` on
     success. ``needed_bytes`` (the expected size, when known) goes into the message of a
-    :class:`DiskFullError` raised when the write fails on a full disk."""
+    :class:`DiskFullError` raised when the write fails on a full disk; ``suffix`` ends the
+    temporary name (for writers that pick the format by extension, e.g. ``'.mp4'``)."""
     path = os.fspath(path)
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.', suffix='.tmp', dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.', suffix=f'.tmp{suffix}',
+                               dir=folder)
     os.close(fd)
     try:
         yield tmp

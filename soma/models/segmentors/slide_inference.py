@@ -17,31 +17,15 @@ time, and added back in the same order, so the result equals mmseg's within floa
 
 ``slide_batch_size`` absent, ``None`` or ``0`` keeps mmseg's sequential implementation.
 """
-from typing import List, Tuple
+from typing import List
 
 import torch
 from mmseg.models.segmentors import EncoderDecoder
 
+from soma.deploy.runtime import slide_windows  # numpy only: one window geometry, torch and ONNX
 from soma.registry import register_model
 
 __all__ = ['slide_windows', 'batched_slide_inference', 'BatchedSlideEncoderDecoder']
-
-Box = Tuple[int, int, int, int]
-
-
-def slide_windows(h_img: int, w_img: int, crop_size, stride) -> List[Box]:
-    """``(y1, y2, x1, x2)`` of mmseg's sliding windows, in its (row-major) order."""
-    h_crop, w_crop = crop_size
-    h_stride, w_stride = stride
-    h_grids = max(h_img - h_crop + h_stride - 1, 0) // h_stride + 1
-    w_grids = max(w_img - w_crop + w_stride - 1, 0) // w_stride + 1
-    boxes = []
-    for h_idx in range(h_grids):
-        for w_idx in range(w_grids):
-            y2 = min(h_idx * h_stride + h_crop, h_img)
-            x2 = min(w_idx * w_stride + w_crop, w_img)
-            boxes.append((max(y2 - h_crop, 0), y2, max(x2 - w_crop, 0), x2))
-    return boxes
 
 
 def _check_batch_size(value) -> int:
