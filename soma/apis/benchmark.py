@@ -78,12 +78,15 @@ def init_benchmark_model(config: Union[PathLike, Config, dict],
     config, ``backbone`` replaces ``model.backbone.model`` (a folder or a ``config.json``);
     otherwise it is the converted DINOv2, as for ``init_model``."""
     cfg = as_config(config, cfg_options)
+    if not isinstance(cfg.get('model'), dict):
+        raise ValueError(f'{config}: no model in the config')
     if cfg.get('default_scope', 'mmseg') != 'mmseg':
         raise ValueError(f'{config}: tools/benchmark.py times segmentors (default_scope '
                          f'mmseg), this config is {cfg.default_scope!r}')
     backbone_cfg = cfg.model.get('backbone') or {}
-    if backbone_cfg.get('type') != 'HFVisionBackbone':
-        return init_model(cfg, checkpoint, device=device, backbone=backbone)
+    if backbone_cfg.get('type') != 'HFVisionBackbone':  # cfg_options again: errors name them
+        return init_model(cfg, checkpoint, device=device, backbone=backbone,
+                          cfg_options=cfg_options)
     if backbone is not None:
         backbone_cfg['model'] = _hf_model_arg(backbone)
     return init_model(cfg, checkpoint, device=device)

@@ -29,7 +29,7 @@ from mmseg.structures import SegDataSample
 from mmseg.utils import get_classes
 from torch import nn
 
-from soma.apis.launch import as_config
+from soma.apis.launch import as_config, config_keys_named
 from soma.checkpoints import load_soma_checkpoint
 from soma.checkpoints.layout import CheckpointLike, Device, PathLike
 from soma.utils.atomic import atomic_output
@@ -85,6 +85,8 @@ def init_model(config: Union[PathLike, Config, dict], checkpoint: Optional[Check
         The model in eval mode, with ``model.cfg`` and ``model.dataset_meta``.
     """
     cfg = as_config(config, cfg_options)
+    if not isinstance(cfg.get('model'), dict):
+        raise ValueError(f'{_config_name(config)}: no model in the config')
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     model_cfg = copy.deepcopy(cfg.model)
     model_cfg.pop('pretrained', None)
@@ -94,7 +96,8 @@ def init_model(config: Union[PathLike, Config, dict], checkpoint: Optional[Check
         backbone_cfg['init_cfg'] = None  # weights come from the checkpoint (or stay random)
     else:
         backbone_cfg['init_cfg'] = dict(type='Pretrained', checkpoint=os.fspath(backbone))
-    model = MODELS.build(model_cfg)
+    with config_keys_named(dict(model=model_cfg), cfg_options):
+        model = MODELS.build(model_cfg)
     ckpt = None
     if checkpoint is not None:
         ckpt = load_soma_checkpoint(model, checkpoint, backbone=backbone, cfg=cfg)
@@ -108,6 +111,10 @@ def init_model(config: Union[PathLike, Config, dict], checkpoint: Optional[Check
     model.to(device)
     model.eval()
     return model
+
+
+def _config_name(config):
+    return os.fspath(config) if isinstance(config, (str, os.PathLike)) else 'the config'
 
 
 def _find_pipeline(node):

@@ -32,8 +32,10 @@ from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from soma.apis.launch import (check_data_roots, cpu_threads, enable_amp, launch_rank,
-                              load_config, run_cli, set_max_iters, set_work_dir, setup_launcher)
+from soma.apis.launch import (check_data_roots, config_keys_named, cpu_threads, enable_amp,
+                              launch_rank, load_config, run_cli, set_max_iters, set_work_dir,
+                              setup_launcher)
+from soma.engine import TidyRunner
 from soma.engine.checkpoint_hook import find_resumable_checkpoint
 from soma.utils.run_lock import work_dir_lock
 
@@ -130,14 +132,17 @@ def train(args: Union[argparse.Namespace, List[str]]) -> Runner:
     """Build the Runner from ``args`` (a Namespace or an argv list) and train; return it.
 
     The work dir's lock is taken (by the rank-0 process) before the Runner writes anything.
+    A bad config value or checkpoint found before the first iteration is a one-line error
+    naming the config key (:func:`soma.apis.launch.config_keys_named`) or the file, and
+    leaves nothing behind (:class:`soma.engine.TidyRunner`).
     """
     if not isinstance(args, argparse.Namespace):
         args = parse_args(args)
     cfg = build_train_config(args)
     check_data_roots(cfg, ('train_dataloader', 'val_dataloader'))
     lock = work_dir_lock(cfg.work_dir) if launch_rank() == 0 else contextlib.nullcontext()
-    with lock, cpu_threads(cfg):
-        runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    with lock, cpu_threads(cfg), config_keys_named(cfg, args.cfg_options):
+        runner = TidyRunner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
         runner.train()
     return runner
 

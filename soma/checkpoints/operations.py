@@ -16,6 +16,7 @@ from soma.models.adapters.base import BackboneAdapter
 from soma.peft.config import ADAPTER_KEYWORD
 from soma.utils.checkpoint_io import (EMA_STATE_DICT, CheckpointError, get_state_dict,
                                       save_checkpoint_file)
+from soma.utils.cli import inputs_named
 
 from .backbone import backbone_target, fitting_weights, plain_keys, read_converted_backbone
 from .layout import (BACKBONE_PREFIX, EMA_PREFIX, PEFT, CheckpointLike, Device, PathLike,
@@ -68,10 +69,11 @@ def merge_soma_weights(backbone_ckpt: CheckpointLike, adapter_ckpt: CheckpointLi
     rebuilt as the adapter's semantics ask (SoMA 'residual': W_res by the SVD init on
     ``device``; peft pissa/olora: peft's residual)."""
     backbone = read_converted_backbone(backbone_ckpt)
-    adapter_ckpt = load_soma_checkpoint_file(adapter_ckpt)
-    if _peft_method(adapter_ckpt, 'adapter checkpoint'):
-        return merge_peft(backbone, adapter_ckpt, device=device)
-    return merge_soma(backbone, adapter_ckpt, device=device)
+    adapter = load_soma_checkpoint_file(adapter_ckpt)
+    with inputs_named(backbone=backbone_ckpt, adapter=adapter_ckpt):  # they may not fit
+        if _peft_method(adapter, 'adapter checkpoint'):
+            return merge_peft(backbone, adapter, device=device)
+        return merge_soma(backbone, adapter, device=device)
 
 
 def fold_adapters(full_ckpt: CheckpointLike) -> dict:

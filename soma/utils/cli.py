@@ -3,14 +3,18 @@
 A tool's ``main`` calls ``run_cli(function, ...)``. The exceptions that mean "bad input"
 (a missing or unreadable file, a bad value, a config that does not parse, a missing optional
 package) become ``error: <one line>`` on stderr and exit code 1; every other exception is a
-bug and keeps its traceback.
+bug and keeps its traceback. Code that knows which input was at fault (the config key being
+built, the files being merged) puts it before the message with :func:`prefix_error`.
 """
+import contextlib
+import os
 import sys
-from typing import Callable, Sequence, Tuple
+from typing import Callable, Iterator, Sequence, Tuple
 
 from mmengine.config.utils import ConfigParsingError
 
-__all__ = ['USER_ERRORS', 'InputsFailed', 'run_cli', 'one_line']
+__all__ = ['USER_ERRORS', 'InputsFailed', 'run_cli', 'one_line', 'prefix_error',
+           'inputs_named']
 
 # what a tool reports in one line; CheckpointError is a ValueError
 USER_ERRORS = (OSError, ValueError, KeyError, TypeError, ImportError, SyntaxError,
@@ -34,10 +38,37 @@ class InputsFailed(ValueError):
                          f'{len(self.failed)} of {total} {what} failed: {reasons}')
 
 
+# the attribute holding what prefix_error put before an exception's message
+_PREFIX = 'soma_error_prefix'
+
+
+def prefix_error(error: BaseException, prefix: str) -> BaseException:
+    """Put ``prefix`` (the input at fault: a file, a config key) before ``error``'s one-line
+    message (:func:`one_line`); the exception keeps its type and traceback. Returns it."""
+    setattr(error, _PREFIX, f'{prefix}: {getattr(error, _PREFIX, "")}')
+    return error
+
+
+@contextlib.contextmanager
+def inputs_named(**inputs) -> Iterator[None]:
+    """A user error raised in the block that names none of the files ``inputs`` (role=path;
+    objects that are no path are skipped) gets them before its message: the error came from
+    their combination (a backbone and an adapter that do not fit)."""
+    try:
+        yield
+    except USER_ERRORS as error:
+        paths = {role: os.fspath(p) for role, p in inputs.items()
+                 if isinstance(p, (str, os.PathLike))}
+        if paths and not any(p in one_line(error) for p in paths.values()):
+            prefix_error(error, ', '.join(f'{role} {p}' for role, p in paths.items()))
+        raise
+
+
 def one_line(error: BaseException) -> str:
-    """The message of ``error`` on one line (a KeyError's key without its quotes)."""
+    """The message of ``error`` on one line (a KeyError's key without its quotes), after what
+    :func:`prefix_error` put before it."""
     msg = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-    return ' '.join(msg.split()) or type(error).__name__
+    return getattr(error, _PREFIX, '') + (' '.join(msg.split()) or type(error).__name__)
 
 
 def run_cli(fn: Callable, *args, **kwargs) -> int:
