@@ -5,20 +5,29 @@ A tool's ``main`` calls ``run_cli(function, ...)``. The exceptions that mean "ba
 package) become ``error: <one line>`` on stderr and exit code 1; every other exception is a
 bug and keeps its traceback. Code that knows which input was at fault (the config key being
 built, the files being merged) puts it before the message with :func:`prefix_error`.
+
+A process started by torchrun also writes the line to its error file
+(``TORCHELASTIC_ERROR_FILE``, torch elastic's format), where torchrun's report shows it;
+under :mod:`soma.apis.torchrun` (``tools/dist_train.sh``, ``dist_test.sh``), which prints
+the error of all its processes as one line, it prints nothing itself.
 """
 import contextlib
+import json
 import os
 import sys
+import time
 from typing import Callable, Iterator, Sequence, Tuple
 
 from mmengine.config.utils import ConfigParsingError
 
 __all__ = ['USER_ERRORS', 'InputsFailed', 'run_cli', 'one_line', 'prefix_error',
-           'inputs_named']
+           'inputs_named', 'LAUNCHER_PRINTS_ERRORS']
 
 # what a tool reports in one line; CheckpointError is a ValueError
 USER_ERRORS = (OSError, ValueError, KeyError, TypeError, ImportError, SyntaxError,
                ConfigParsingError)
+# set (to '1') by soma.apis.torchrun for its processes: it prints their one-line errors
+LAUNCHER_PRINTS_ERRORS = 'SOMA_LAUNCHER_PRINTS_ERRORS'
 
 
 class InputsFailed(ValueError):
@@ -71,11 +80,24 @@ def one_line(error: BaseException) -> str:
     return getattr(error, _PREFIX, '') + (' '.join(msg.split()) or type(error).__name__)
 
 
+def _tell_launcher(line: str) -> bool:
+    """Under torchrun, write ``line`` to this process's error file; True when the launcher
+    prints it (:data:`LAUNCHER_PRINTS_ERRORS`)."""
+    path = os.environ.get('TORCHELASTIC_ERROR_FILE')
+    if not path:
+        return False
+    with open(path, 'w', encoding='utf-8') as f:
+        json.dump({'message': line, 'timestamp': int(time.time())}, f)
+    return os.environ.get(LAUNCHER_PRINTS_ERRORS) == '1'
+
+
 def run_cli(fn: Callable, *args, **kwargs) -> int:
     """Run ``fn(*args, **kwargs)``; a user error becomes ``error: <one line>`` and exit 1."""
     try:
         fn(*args, **kwargs)
     except USER_ERRORS as e:
-        print(f'error: {one_line(e)}', file=sys.stderr)
+        line = f'error: {one_line(e)}'
+        if not _tell_launcher(line):
+            print(line, file=sys.stderr)
         return 1
     return 0
