@@ -47,7 +47,7 @@ from soma.checkpoints import hf_folder_of
 from soma.checkpoints.layout import CheckpointLike, Device, PathLike
 from soma.models.peft_backbone import adapter_of
 from soma.utils.atomic import atomic_output
-from soma.utils.cli import run_cli
+from soma.utils.cli import ArgumentParser, run_cli
 
 __all__ = ['init_benchmark_model', 'adapter_kind', 'forward_logits', 'merged_copy',
            'plain_copy', 'time_models', 'benchmark', 'parse_args', 'main']
@@ -221,7 +221,7 @@ def benchmark(model: nn.Module, shape: Tuple[int, int] = (512, 512), batch: int 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """The command line of ``tools/benchmark.py``."""
-    parser = argparse.ArgumentParser(description='Benchmark merged vs unmerged adapter '
+    parser = ArgumentParser(description='Benchmark merged vs unmerged adapter '
                                                  'inference')
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', nargs='?', default=None, help='optional checkpoint')

@@ -32,7 +32,7 @@ from mmengine.config import Config
 
 from soma.checkpoints.layout import PathLike
 from soma.utils.atomic import atomic_output
-from soma.utils.cli import InputsFailed, one_line, run_cli
+from soma.utils.cli import ArgumentParser, InputsFailed, one_line, run_cli
 
 __all__ = ['PAPER_RESULTS', 'read_run', 'collect_rows', 'format_markdown', 'format_csv',
            'collect_results', 'method_name', 'backbone_name', 'setting_name', 'parse_args',
@@ -345,7 +345,7 @@ def _write_outputs(rows, out):
 # ------------------------------------------------------------------------ command line
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """The command line of ``tools/collect_results.py``."""
-    parser = argparse.ArgumentParser(description='Collect run results into one table')
+    parser = ArgumentParser(description='Collect run results into one table')
     parser.add_argument('work_dirs', nargs='+', help='mmengine work dirs of the runs')
     parser.add_argument('--out', default='results',
                         help='output path without extension (writes .md, .csv, .png)')

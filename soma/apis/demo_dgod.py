@@ -7,7 +7,6 @@
    ``daytime_clear`` on the CPU;
 3. tests on all five domains and prints the per-domain VOC mAP table.
 """
-import argparse
 import os.path as osp
 import time
 from typing import List, Optional
@@ -19,6 +18,7 @@ from soma.apis.launch import (as_config, check_max_iters, cpu_threads, run_cli, 
                               unique_visualizer_name)
 from soma.checkpoints.layout import PathLike
 from soma.datasets.synthetic_dgod import make_diverse_weather, point_config_to
+from soma.utils.cli import ArgumentParser
 from soma.utils.run_lock import work_dir_lock
 
 __all__ = ['DGOD_DEMO_CONFIG', 'run_dgod_demo', 'main']
@@ -66,7 +66,7 @@ def _print_table(metrics, seconds, work_dir):
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``tools/demo_dgod.py``: run the detection demo, one-line errors, exit code."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--work-dir', default='work_dirs/demo_dgod')
     parser.add_argument('--config', default=DGOD_DEMO_CONFIG)
     parser.add_argument('--iters', type=int, default=None, help='override max_iters')

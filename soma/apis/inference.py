@@ -33,7 +33,7 @@ from soma.apis.launch import as_config, config_keys_named
 from soma.checkpoints import load_soma_checkpoint
 from soma.checkpoints.layout import CheckpointLike, Device, PathLike
 from soma.utils.atomic import atomic_output
-from soma.utils.cli import InputsFailed, run_cli
+from soma.utils.cli import ArgumentParser, InputsFailed, run_cli
 
 __all__ = ['init_model', 'inference_model', 'test_pipeline_of',
            'colorize', 'read_image', 'visualize', 'parse_args', 'main', 'CITYSCAPES_PALETTE']
@@ -256,7 +256,7 @@ def visualize(model: nn.Module, images: Sequence[str], save_dir: PathLike, tta: 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """The command line of ``tools/visualize.py``."""
-    parser = argparse.ArgumentParser(description='Visualise SoMA segmentation predictions')
+    parser = ArgumentParser(description='Visualise SoMA segmentation predictions')
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='full or adapter + head checkpoint')
     parser.add_argument('images', nargs='+', help='image files')

@@ -33,13 +33,14 @@ from soma.apis.launch import (amp_autocast, check_data_roots, config_keys_named,
                               leaf_datasets, load_config, run_cli, set_work_dir, setup_launcher)
 from soma.checkpoints import load_soma_checkpoint
 from soma.engine import TidyRunner
+from soma.utils.cli import ArgumentParser
 
 __all__ = ['parse_args', 'build_test_config', 'test', 'main']
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """The command line of ``tools/test.py``."""
-    parser = argparse.ArgumentParser(description='Test a SoMA segmentor/detector')
+    parser = ArgumentParser(description='Test a SoMA segmentor/detector')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file (full, or adapter+head with '
                                            '--backbone)')

@@ -37,6 +37,7 @@ from soma.apis.launch import (check_data_roots, config_keys_named, cpu_threads, 
                               setup_launcher)
 from soma.engine import TidyRunner
 from soma.engine.checkpoint_hook import find_resumable_checkpoint
+from soma.utils.cli import ArgumentParser
 from soma.utils.run_lock import work_dir_lock
 
 __all__ = ['parse_args', 'build_train_config', 'use_safe_checkpoints', 'train', 'main']
@@ -44,7 +45,7 @@ __all__ = ['parse_args', 'build_train_config', 'use_safe_checkpoints', 'train', 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """The command line of ``tools/train.py``."""
-    parser = argparse.ArgumentParser(description='Train a segmentor/detector with SoMA')
+    parser = ArgumentParser(description='Train a segmentor/detector with SoMA')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
     parser.add_argument('--iters', type=int, default=None,

@@ -11,17 +11,18 @@ A process started by torchrun also writes the line to its error file
 under :mod:`soma.apis.torchrun` (``tools/dist_train.sh``, ``dist_test.sh``), which prints
 the error of all its processes as one line, it prints nothing itself.
 """
+import argparse
 import contextlib
 import json
 import os
 import sys
 import time
-from typing import Callable, Iterator, Sequence, Tuple
+from typing import Callable, Iterator, NoReturn, Sequence, Tuple
 
 from mmengine.config.utils import ConfigParsingError
 
 __all__ = ['USER_ERRORS', 'InputsFailed', 'run_cli', 'one_line', 'prefix_error',
-           'inputs_named', 'LAUNCHER_PRINTS_ERRORS']
+           'inputs_named', 'LAUNCHER_PRINTS_ERRORS', 'ArgumentParser']
 
 # what a tool reports in one line; CheckpointError is a ValueError
 USER_ERRORS = (OSError, ValueError, KeyError, TypeError, ImportError, SyntaxError,
@@ -91,13 +92,29 @@ def _tell_launcher(line: str) -> bool:
     return os.environ.get(LAUNCHER_PRINTS_ERRORS) == '1'
 
 
+def _report(message: str) -> None:
+    """``error: <message>`` on stderr (or to the launcher, :func:`_tell_launcher`)."""
+    line = f'error: {message}'
+    if not _tell_launcher(line):
+        print(line, file=sys.stderr)
+
+
 def run_cli(fn: Callable, *args, **kwargs) -> int:
     """Run ``fn(*args, **kwargs)``; a user error becomes ``error: <one line>`` and exit 1."""
     try:
         fn(*args, **kwargs)
     except USER_ERRORS as e:
-        line = f'error: {one_line(e)}'
-        if not _tell_launcher(line):
-            print(line, file=sys.stderr)
+        _report(one_line(e))
         return 1
     return 0
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors (a missing argument, a value of the wrong type)
+    are one ``error:`` line and exit code 1, as every other bad input (argparse prints the
+    usage, then ``prog: error: ...``, and exits with 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Report ``message`` in one line and exit with 1."""
+        _report(f'{self.prog}: {message} (see {self.prog} --help)')
+        sys.exit(1)

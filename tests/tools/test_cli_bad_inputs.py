@@ -484,6 +484,41 @@ def _cases():
         [f['missing'], f['root'], o / 'img', o / 'lbl', '--nproc', 1], [f['missing']]), 'sub')
     add('convert_datasets/gta.py', 'nproc_0', lambda f, o: (
         [f['gta_root'], '-o', o / 'gta', '--nproc', 0], ['nproc', '0']))
+    # ---------------- arguments argparse refuses (a value of the wrong type, one missing)
+    add('train.py', 'iters_abc', lambda f, o: ([f['cfg'], '--work-dir', o / 'w', '--iters',
+                                                'abc'], ['--iters', "'abc'"]), 'sub')
+    add('dist_train.sh', 'iters_abc', lambda f, o: (
+        [f['cfg'], 2, '--work-dir', o / 'w', '--iters', 'abc'], ['--iters', "'abc'"]))
+    add('test.py', 'no_checkpoint', lambda f, o: ([f['cfg']], ['checkpoint']))
+    add('visualize.py', 'no_image', lambda f, o: ([f['cfg'], f['ckpt']], ['images']))
+    add('benchmark.py', 'shape_one_number', lambda f, o: ([f['cfg'], '--shape', 64],
+                                                          ['--shape', '2']))
+    add('extract_soma_dgod_weights.py', 'no_output', lambda f, o: (
+        ['--final_ckpt', f['ckpt']], ['--soma_ckpt']))
+    add('extract_soma_weights.py', 'no_output', lambda f, o: (
+        ['--final_ckpt', f['ckpt']], ['--soma_ckpt', '--peft-dir']))
+    add('merge_soma_weights.py', 'no_adapter', lambda f, o: (
+        ['--backbone_ckpt', f['converted'], '--merged_ckpt', o / 'm.pth'], ['--soma_ckpt']))
+    add('generate_full_weights.py', 'no_output', lambda f, o: (
+        ['--backbone_ckpt', f['converted'], '--soma_ckpt', f['adapter']], ['--out']))
+    add('analyze_spectrum.py', 'r_abc', lambda f, o: (
+        [f['converted'], '--r', 'abc', '--out-dir', o / 'spec'], ['--r', "'abc'"]))
+    add('convert_models/convert_dinov2_sora.py', 'kernel_abc', lambda f, o: (
+        [f['converted'], o / 'c.pth', '--kernel', 'abc'], ['--kernel', "'abc'"]))
+    add('convert_models/convert_dinov3.py', 'arch_unknown', lambda f, o: (
+        [f['converted'], o / 'c', '--arch', 'vitx99'], ['--arch', "'vitx99'"]))
+    add('collect_results.py', 'no_work_dir', lambda f, o: (['--out', o / 'results'],
+                                                           ['work_dirs']))
+    add('demo.py', 'iters_abc', lambda f, o: (['--work-dir', o / 'demo', '--iters', 'x'],
+                                              ['--iters', "'x'"]))
+    add('demo_dgod.py', 'size_abc', lambda f, o: (['--work-dir', o / 'demo', '--size', 'x'],
+                                                  ['--size', "'x'"]))
+    for tool in ('cityscapes.py', 'gta.py', 'mapillary2cityscape.py', 'synthia.py',
+                 'urbansyn.py'):
+        add(f'convert_datasets/{tool}', 'nproc_abc', lambda f, o: (
+            [f['gta_root'], '--nproc', 'x'], ['--nproc', "'x'"]))
+    add('convert_datasets/mapillary_resize.py', 'missing_folders', lambda f, o: (
+        [f['half_img']], ['label_folder']))
     return cases
 
 
