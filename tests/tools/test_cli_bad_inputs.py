@@ -22,6 +22,7 @@ shows its traceback, and ``run_cli`` treats as user errors only an independent l
 exception types.
 """
 import ast
+import importlib.util
 import json
 import os
 import os.path as osp
@@ -41,8 +42,8 @@ from soma.apis.demo import demo_config
 from soma.apis.inference import init_model
 from soma.checkpoints import extract_file
 from soma.datasets import make_synthetic_dg_benchmark
-from soma.utils.checkpoint_io import save_checkpoint_file
 from soma.datasets.convert.common import run_tasks
+from soma.utils.checkpoint_io import save_checkpoint_file
 from soma.utils.cli import USER_ERRORS, run_cli
 
 sys.path.insert(0, osp.dirname(__file__))
@@ -232,7 +233,7 @@ def f(tmp_path_factory):
     with open(osp.join(p['corrupt_run'], '20240101_000000', 'vis_data', 'scalars.json'),
               'w') as fh:
         fh.write('{"fog_mIoU": 1.0, \n')
-    # raw dataset layouts, each with good files and bad ones (named in p['bad_labels'])
+    # raw dataset layouts, each with a good file and two bad ones
     _dataset_replicas(root, p)
     # a plugin whose model code has a bug (the real-bug cases)
     p['plugins'] = str(root / 'plugins')
@@ -263,7 +264,6 @@ def _env(f):
 
 
 def _load_tool(tool):
-    import importlib.util
     name = '_cli_table_' + tool.replace('/', '_')[:-3]
     spec = importlib.util.spec_from_file_location(name, osp.join(TOOLS, tool))
     module = importlib.util.module_from_spec(spec)
@@ -285,7 +285,7 @@ def run_tool(tool, args, mode, cwd, f, capfd):
     os.chdir(cwd)
     try:
         code = _load_tool(tool).main(args)
-    except SystemExit as e:  # argparse
+    except SystemExit as e:  # an argument error (soma.utils.cli.ArgumentParser)
         code = e.code
     except BaseException:  # noqa: BLE001  (reported as the case's failure)
         out, err = capfd.readouterr()
@@ -478,7 +478,7 @@ def _cases():
                  'urbansyn.py'):
         tool = f'convert_datasets/{tool}'
         add(tool, 'missing_root', lambda f, o: ([f['missing'], '--nproc', 1], [f['missing']]),
-            'sub' if tool.endswith('gta.py') else 'main')
+            'sub')
         add(tool, 'root_is_a_file', lambda f, o: ([f['image'], '--nproc', 1], [f['image']]))
     add('convert_datasets/mapillary_resize.py', 'missing_root', lambda f, o: (
         [f['missing'], f['root'], o / 'img', o / 'lbl', '--nproc', 1], [f['missing']]), 'sub')
@@ -651,9 +651,8 @@ def test_every_tool_reports_through_run_cli(tool):
     assert not any(isinstance(node, ast.Try) for node in ast.walk(tree)), tool
     if tool == 'torchrun.py':
         return
-    module = _load_tool(tool)
-    main_source = ast.unparse(next(
-        n for n in ast.walk(ast.parse(open(module.main.__code__.co_filename).read()))
-        if isinstance(n, ast.FunctionDef) and n.name == 'main'
-        and n.lineno == module.main.__code__.co_firstlineno))
-    assert 'run_cli(' in main_source, (tool, module.main.__code__.co_filename)
+    code = _load_tool(tool).main.__code__
+    with open(code.co_filename) as fh:
+        main = next(n for n in ast.walk(ast.parse(fh.read())) if isinstance(n, ast.FunctionDef)
+                    and n.name == 'main' and n.lineno == code.co_firstlineno)
+    assert 'run_cli(' in ast.unparse(main), (tool, code.co_filename)
