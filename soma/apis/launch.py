@@ -201,12 +201,14 @@ def launch_rank() -> int:
     return 0
 
 
-def check_max_iters(max_iters: Optional[int]) -> Optional[int]:
-    """``max_iters`` as an int >= 1 (``None`` passes through: the config's own)."""
+def check_max_iters(max_iters: Optional[int], name: str = 'max_iters') -> Optional[int]:
+    """``max_iters`` as an int >= 1 (``None`` passes through: the config's own); the error
+    names it as ``name``."""
     if max_iters is None:
         return None
-    if isinstance(max_iters, bool) or int(max_iters) != max_iters or max_iters < 1:
-        raise ValueError(f'max_iters must be an integer >= 1, got {max_iters!r}')
+    if isinstance(max_iters, bool) or not isinstance(max_iters, (int, float)) \
+            or int(max_iters) != max_iters or max_iters < 1:
+        raise ValueError(f'{name} must be an integer >= 1, got {max_iters!r}')
     return int(max_iters)
 
 
@@ -226,7 +228,7 @@ def set_max_iters(cfg: Config, max_iters: Optional[int], val: bool = True) -> Co
     if 'max_iters' not in train_cfg:
         raise ValueError(f'--iters needs an iteration-based train_cfg (max_iters), the config '
                          f'has {dict(train_cfg)}')
-    old = train_cfg.max_iters
+    old = check_max_iters(train_cfg.max_iters, 'train_cfg.max_iters')
     max_iters = check_max_iters(max_iters) or old
     ratio = max_iters / old
 

@@ -32,9 +32,9 @@ from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from soma.apis.launch import (check_data_roots, config_keys_named, cpu_threads, enable_amp,
-                              launch_rank, load_config, run_cli, set_max_iters, set_work_dir,
-                              setup_launcher)
+from soma.apis.launch import (check_data_roots, check_max_iters, config_keys_named,
+                              cpu_threads, enable_amp, launch_rank, load_config, run_cli,
+                              set_max_iters, set_work_dir, setup_launcher)
 from soma.engine import TidyRunner
 from soma.engine.checkpoint_hook import find_resumable_checkpoint
 from soma.utils.cli import ArgumentParser
@@ -71,7 +71,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def _warn_schedule_beyond_run(cfg):
     """A scheduler that ends after the last iteration (``--cfg-options train_cfg.max_iters``
     alone) never reaches its end values; say so."""
-    max_iters = (cfg.get('train_cfg') or {}).get('max_iters')
+    max_iters = check_max_iters((cfg.get('train_cfg') or {}).get('max_iters'),
+                                'train_cfg.max_iters')
     schedulers = cfg.get('param_scheduler') or []
     for scheduler in [schedulers] if isinstance(schedulers, dict) else schedulers:
         end = scheduler.get('end')

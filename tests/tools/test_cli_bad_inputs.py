@@ -350,6 +350,9 @@ def _cases():
         add('train.py', k, lambda f, o, opt=opt, key=key: (
             [f['cfg'], '--work-dir', o / 'w', '--cfg-options', opt], [key]),
             'sub' if k == 'cfg_wrong_type' else 'main')
+    add('train.py', 'cfg_max_iters_abc', lambda f, o: (
+        [f['cfg'], '--work-dir', o / 'w', '--cfg-options', 'train_cfg.max_iters=abc'],
+        ['train_cfg.max_iters', "'abc'"]))
     add('train.py', 'missing_data_root', lambda f, o: (
         [f['cfg_nodata'], '--work-dir', o / 'w'], ['nowhere']))
     add('train.py', 'iters_0', lambda f, o: ([f['cfg'], '--work-dir', o / 'w', '--iters', 0],
