@@ -1,4 +1,5 @@
 """Shared test set-up: tiny model configs and a deterministic, headless environment."""
+import logging
 import os
 import sys
 
@@ -59,6 +60,29 @@ def one_thread(request):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class _CurrentStdout:
+    """``sys.stdout`` as it is when written to (the stream captured for the running test)."""
+
+    def write(self, text):
+        return sys.stdout.write(text)
+
+    def flush(self):
+        sys.stdout.flush()
+
+
+@pytest.fixture(autouse=True)
+def mmengine_logs_to_the_running_test():
+    """mmengine's loggers outlive the test that made them, their console handlers bound to
+    that test's captured stdout, closed after it ('--- Logging error ---' in a later test):
+    make them write to the stdout of the moment."""
+    from mmengine.logging import MMLogger
+    for logger in list(MMLogger._instance_dict.values()):
+        for handler in logger.handlers:
+            if type(handler) is logging.StreamHandler:
+                handler.stream = _CurrentStdout()
+    yield
 
 
 @pytest.fixture

@@ -15,15 +15,14 @@ Writes ``spectrum_layers.csv`` (per layer: energy share of the minor r component
 r, and with --soma_ckpt the trained weight's share and relative change),
 ``spectrum_blocks.csv`` (pooled per block), ``spectrum.png`` and ``minor_energy.png``.
 """
-import argparse
 import sys
 
 from soma.apis.spectrum import analyze_spectrum
-from soma.utils.cli import run_cli
+from soma.utils.cli import ArgumentParser, run_cli
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Spectrum analysis of a backbone\'s layers')
+    parser = ArgumentParser(description='Spectrum analysis of a backbone\'s layers')
     parser.add_argument('converted', help='converted DINOv2 checkpoint, transformers folder, '
                         'or a config with an HFVisionBackbone')
     parser.add_argument('--soma_ckpt', default=None, help='trained SoMA (adapter) checkpoint')

@@ -6,31 +6,15 @@
 Reads each work dir's newest run (``<timestamp>/vis_data/scalars.json``, the dumped config
 and the log) and writes ``<out>.md``, ``<out>.csv`` and ``<out>.png`` (method, backbone,
 trainable parameters, per-target and mean mIoU or mAP, iterations, and the paper's numbers
-where published). See ``soma.apis.collect_results``. Nothing is written on a bad input.
+where published). See ``soma.apis.collect_results``. Work dirs that cannot be read are named
+at the end (exit code 1); the table of the others is written.
 """
-import argparse
+import os.path as osp
 import sys
 
-from soma.apis.collect_results import collect_results
-from soma.utils.cli import run_cli
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Collect run results into one table')
-    parser.add_argument('work_dirs', nargs='+', help='mmengine work dirs of the runs')
-    parser.add_argument('--out', default='results',
-                        help='output path without extension (writes .md, .csv, .png)')
-    return parser.parse_args(argv)
-
-
-def run(args):
-    paths = collect_results(args.work_dirs, args.out)
-    for key in ('markdown', 'csv', 'png'):
-        print(paths[key])
-
-
-def main(argv=None):
-    return run_cli(run, parse_args(argv))
+from soma.apis.collect_results import main  # noqa: E402
 
 if __name__ == '__main__':
     sys.exit(main())

@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Multi-process evaluation with torchrun: bash tools/dist_test.sh CONFIG CHECKPOINT NPROC [test.py args]
 # Environment: NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), PORT (29500),
-# PYTHON (the repo's .venv python when present, else python). Without GPUs the processes
+# PYTHON (the repo's .venv python when present, else python). Through tools/torchrun.py: a bad
+# input is one error line, as for the tool alone. Without GPUs the processes
 # evaluate on CPU with the gloo backend.
 set -e
 CONFIG=$1
 CHECKPOINT=$2
 NPROC=$3
 if [ -z "$CONFIG" ] || [ -z "$CHECKPOINT" ] || [ -z "$NPROC" ]; then
-    echo "usage: $0 CONFIG CHECKPOINT NPROC [test.py options]" >&2
+    echo "error: usage: $0 CONFIG CHECKPOINT NPROC [test.py options]" >&2
+    exit 1
+fi
+if ! [[ "$NPROC" =~ ^[0-9]+$ ]] || [ "$NPROC" -lt 1 ]; then
+    echo "error: NPROC (processes per node) must be a positive integer, got '$NPROC'" >&2
     exit 1
 fi
 DIR=$(cd "$(dirname "$0")" && pwd)
@@ -21,7 +26,7 @@ if [ -z "$PYTHON" ]; then
     if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
 fi
 PYTHONPATH="$ROOT":$PYTHONPATH \
-"$PYTHON" -m torch.distributed.run \
+"$PYTHON" "$DIR/torchrun.py" \
     --nnodes="$NNODES" \
     --node_rank="$NODE_RANK" \
     --master_addr="$MASTER_ADDR" \

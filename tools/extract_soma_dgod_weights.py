@@ -7,15 +7,14 @@ Keeps every key without ``backbone`` (neck, query/RPN/RoI/bbox heads) plus the m
 the ``lora`` keys and the target biases; drops the EMA copy. A checkpoint in the release's
 legacy Co-DETR key names is read too; the output always has this project's names.
 """
-import argparse
 import sys
 
 from soma.checkpoints import extract_file
-from soma.utils.cli import run_cli
+from soma.utils.cli import ArgumentParser, run_cli
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Extract SoMA adapter + detector head weights')
+    parser = ArgumentParser(description='Extract SoMA adapter + detector head weights')
     parser.add_argument('--final_ckpt', required=True, help='trained full checkpoint')
     parser.add_argument('--soma_ckpt', required=True, help='output (.pth or .safetensors)')
     parser.add_argument('--target_modules', nargs='+', default=None,

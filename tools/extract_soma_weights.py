@@ -25,15 +25,14 @@ adapters as a peft LoRA folder over the public converted weights (``adapter_conf
 rank r for the release's semantics, rank 2r ``[B | -B0] @ [A ; A0]`` for this project's
 ('residual', the SoMA init ``B0, A0`` is recomputed once from CONVERTED on ``--device``).
 """
-import argparse
 import sys
 
 from soma.checkpoints import extract_file, extract_peft_dir, load_soma_checkpoint_file
-from soma.utils.cli import run_cli
+from soma.utils.cli import ArgumentParser, run_cli
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Extract SoMA adapter + head weights')
+    parser = ArgumentParser(description='Extract SoMA adapter + head weights')
     parser.add_argument('--final_ckpt', required=True, help='trained full checkpoint')
     parser.add_argument('--soma_ckpt', help='output (.pth or .safetensors)')
     parser.add_argument('--target_modules', nargs='+', default=None,

@@ -14,15 +14,14 @@ for the config with ``peft_cfg=None``. For an ``HFVisionBackbone`` ``--backbone_
 transformers folder of its config; the folded keys are ``backbone.hf_model.<transformers key>``
 (a plain transformers model under ``hf_model``).
 """
-import argparse
 import sys
 
 from soma.checkpoints import merge_file
-from soma.utils.cli import run_cli
+from soma.utils.cli import ArgumentParser, run_cli
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Generate full weights from backbone + SoMA')
+    parser = ArgumentParser(description='Generate full weights from backbone + SoMA')
     parser.add_argument('--backbone_ckpt', required=True,
                         help='converted DINOv2 checkpoint, or the transformers folder of an '
                              'HFVisionBackbone')

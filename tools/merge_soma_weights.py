@@ -19,15 +19,14 @@ A peft adapter (``meta['peft']``, ``peft_cfg`` models) is merged the same way; f
 ``pissa``/``olora`` the adapted base weights ``W - s*B0@A0`` are recomputed from the
 converted backbone with peft's own init (``soma.checkpoints.peft_adapter``).
 """
-import argparse
 import sys
 
 from soma.checkpoints import merge_file, merge_peft_file
-from soma.utils.cli import run_cli
+from soma.utils.cli import ArgumentParser, run_cli
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Merge SoMA adapter weights with a backbone')
+    parser = ArgumentParser(description='Merge SoMA adapter weights with a backbone')
     parser.add_argument('--backbone_ckpt', required=True,
                         help='converted DINOv2 checkpoint, or the transformers folder of an '
                              'HFVisionBackbone')

@@ -47,7 +47,7 @@ from soma.checkpoints import hf_folder_of
 from soma.checkpoints.layout import CheckpointLike, Device, PathLike
 from soma.models.peft_backbone import adapter_of
 from soma.utils.atomic import atomic_output
-from soma.utils.cli import run_cli
+from soma.utils.cli import ArgumentParser, run_cli
 
 __all__ = ['init_benchmark_model', 'adapter_kind', 'forward_logits', 'merged_copy',
            'plain_copy', 'time_models', 'benchmark', 'parse_args', 'main']
@@ -78,12 +78,15 @@ def init_benchmark_model(config: Union[PathLike, Config, dict],
     config, ``backbone`` replaces ``model.backbone.model`` (a folder or a ``config.json``);
     otherwise it is the converted DINOv2, as for ``init_model``."""
     cfg = as_config(config, cfg_options)
+    if not isinstance(cfg.get('model'), dict):
+        raise ValueError(f'{config}: no model in the config')
     if cfg.get('default_scope', 'mmseg') != 'mmseg':
         raise ValueError(f'{config}: tools/benchmark.py times segmentors (default_scope '
                          f'mmseg), this config is {cfg.default_scope!r}')
     backbone_cfg = cfg.model.get('backbone') or {}
-    if backbone_cfg.get('type') != 'HFVisionBackbone':
-        return init_model(cfg, checkpoint, device=device, backbone=backbone)
+    if backbone_cfg.get('type') != 'HFVisionBackbone':  # cfg_options again: errors name them
+        return init_model(cfg, checkpoint, device=device, backbone=backbone,
+                          cfg_options=cfg_options)
     if backbone is not None:
         backbone_cfg['model'] = _hf_model_arg(backbone)
     return init_model(cfg, checkpoint, device=device)
@@ -218,7 +221,7 @@ def benchmark(model: nn.Module, shape: Tuple[int, int] = (512, 512), batch: int 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """The command line of ``tools/benchmark.py``."""
-    parser = argparse.ArgumentParser(description='Benchmark merged vs unmerged adapter '
+    parser = ArgumentParser(description='Benchmark merged vs unmerged adapter '
                                                  'inference')
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', nargs='?', default=None, help='optional checkpoint')

@@ -13,9 +13,12 @@ folder ``<work_dir>/<timestamp>/`` with evaluation scalars is read:
 
 The paper's published numbers (SPEC section 9; LoRA / DoRA on Diverse Weather from the
 paper's comparison) are put in ``paper_*`` columns where the method and setting match.
-:func:`collect_results` writes ``<out>.md``, ``<out>.csv`` and ``<out>.png`` atomically,
-and writes nothing when any input is unreadable (one-line ``ValueError`` / ``OSError``).
+:func:`collect_results` writes ``<out>.md``, ``<out>.csv`` and ``<out>.png`` atomically. A
+work dir that cannot be read does not stop the others: their table is written, then
+:class:`~soma.utils.cli.InputsFailed` names every bad one (one line, exit code 1 in
+``tools/collect_results.py``); nothing is written when no work dir can be read.
 """
+import argparse
 import csv
 import glob
 import io
@@ -23,15 +26,17 @@ import json
 import os
 import os.path as osp
 import re
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from mmengine.config import Config
 
 from soma.checkpoints.layout import PathLike
 from soma.utils.atomic import atomic_output
+from soma.utils.cli import ArgumentParser, InputsFailed, one_line, run_cli
 
 __all__ = ['PAPER_RESULTS', 'read_run', 'collect_rows', 'format_markdown', 'format_csv',
-           'collect_results', 'method_name', 'backbone_name', 'setting_name']
+           'collect_results', 'method_name', 'backbone_name', 'setting_name', 'parse_args',
+           'main']
 
 DGOD_TARGETS = ('daytime_clear', 'Night-Sunny', 'dusk_rainy', 'night_rainy', 'daytime_foggy')
 # (method, setting) -> {target: value, 'mean': value}; the paper's (SPEC 9 and issue 13)
@@ -299,10 +304,33 @@ def _plot(rows, path):
 
 def collect_results(work_dirs: Sequence[PathLike], out: PathLike = 'results') -> Dict[str, object]:
     """Read the runs and write ``<out>.md``, ``<out>.csv``, ``<out>.png``; return the paths
-    (and the rows under ``'rows'``). Nothing is written when a run cannot be read."""
-    rows = collect_rows(list(work_dirs))
+    (and the rows under ``'rows'``).
+
+    A work dir that cannot be read (missing, no run, a broken log or config) is left out:
+    the others are written, then :class:`~soma.utils.cli.InputsFailed` names every bad one
+    (``.done``: the paths written). Nothing is written when none can be read.
+    """
+    if not work_dirs:
+        raise ValueError('collect_results: no work dir given')
+    rows, failed = [], []
+    for work_dir in work_dirs:
+        try:
+            rows.append(read_run(work_dir))
+        except (OSError, ValueError) as e:  # a bad input; the others are still read
+            reason = one_line(e)
+            name = os.fspath(work_dir)
+            failed.append((name, reason if name in reason else f'{name}: {reason}'))
+    if not rows:
+        raise InputsFailed(failed, what='work dirs')
+    paths = _write_outputs(rows, os.fspath(out))
+    if failed:
+        raise InputsFailed(failed, done=list(paths.values()), what='work dirs')
+    return dict(paths, rows=rows)
+
+
+def _write_outputs(rows, out):
+    """Write the table, the CSV and the chart of ``rows`` (atomically); their paths."""
     markdown, table = format_markdown(rows), format_csv(rows)
-    out = os.fspath(out)
     paths = dict(markdown=out + '.md', csv=out + '.csv', png=out + '.png')
     with atomic_output(paths['png']) as tmp_png, atomic_output(paths['csv']) as tmp_csv, \
             atomic_output(paths['markdown']) as tmp_md:
@@ -311,4 +339,31 @@ def collect_results(work_dirs: Sequence[PathLike], out: PathLike = 'results') ->
             f.write(table)
         with open(tmp_md, 'w', encoding='utf-8') as f:
             f.write(markdown)
-    return dict(paths, rows=rows)
+    return paths
+
+
+# ------------------------------------------------------------------------ command line
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The command line of ``tools/collect_results.py``."""
+    parser = ArgumentParser(description='Collect run results into one table')
+    parser.add_argument('work_dirs', nargs='+', help='mmengine work dirs of the runs')
+    parser.add_argument('--out', default='results',
+                        help='output path without extension (writes .md, .csv, .png)')
+    return parser.parse_args(argv)
+
+
+def _collect_cli(args):
+    try:
+        paths = collect_results(args.work_dirs, args.out)
+    except InputsFailed as e:
+        for path in e.done:  # the table of the good work dirs, written
+            print(path)
+        raise
+    for key in ('markdown', 'csv', 'png'):
+        print(paths[key])
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``tools/collect_results.py``: exit code 0, or 1 with one ``error:`` line (naming every
+    work dir that could not be read, after the table of the others was written)."""
+    return run_cli(_collect_cli, parse_args(argv))

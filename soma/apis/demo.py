@@ -9,7 +9,6 @@
    writes coloured predictions to ``WORK_DIR/predictions/vis_data/vis_image/`` and prints
    the per-domain mIoU table.
 """
-import argparse
 import copy
 import os
 import os.path as osp
@@ -29,6 +28,7 @@ from soma.apis.test import test
 from soma.checkpoints.layout import PathLike
 from soma.datasets import make_synthetic_dg_benchmark
 from soma.utils.checkpoint_io import save_checkpoint_file
+from soma.utils.cli import ArgumentParser
 from soma.utils.run_lock import work_dir_lock
 
 __all__ = ['DEMO_CONFIG', 'BACKBONE_FILE', 'demo_config', 'set_image_size',
@@ -176,7 +176,7 @@ def _print_summary(metrics, seconds, vis_dir):
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``tools/demo.py``: run the demo, one-line errors, exit code."""
-    parser = argparse.ArgumentParser(description='SoMA demo on a synthetic DG benchmark (CPU)')
+    parser = ArgumentParser(description='SoMA demo on a synthetic DG benchmark (CPU)')
     parser.add_argument('--work-dir', default='work_dirs/demo')
     parser.add_argument('--iters', type=int, default=None,
                         help='training iterations (default: the demo config)')

@@ -7,19 +7,18 @@
    ``daytime_clear`` on the CPU;
 3. tests on all five domains and prints the per-domain VOC mAP table.
 """
-import argparse
 import os.path as osp
 import time
 from typing import List, Optional
 
-from mmengine.config import Config
 from mmengine.runner import Runner
 
 from soma.apis.demo import REPO_ROOT
-from soma.apis.launch import (check_max_iters, cpu_threads, run_cli, set_max_iters,
+from soma.apis.launch import (as_config, check_max_iters, cpu_threads, run_cli, set_max_iters,
                               unique_visualizer_name)
 from soma.checkpoints.layout import PathLike
 from soma.datasets.synthetic_dgod import make_diverse_weather, point_config_to
+from soma.utils.cli import ArgumentParser
 from soma.utils.run_lock import work_dir_lock
 
 __all__ = ['DGOD_DEMO_CONFIG', 'run_dgod_demo', 'main']
@@ -36,15 +35,15 @@ def run_dgod_demo(work_dir: PathLike = 'work_dirs/demo_dgod', config: PathLike =
     ``cpu_threads`` (1) unless ``OMP_NUM_THREADS`` says otherwise.
     """
     check_max_iters(max_iters)  # before anything is written
+    cfg = as_config(config)
     work_dir = osp.abspath(work_dir)
+    data_root = osp.join(work_dir, 'data', 'diverseWeather')
+    if point_config_to(cfg, data_root) == 0:
+        raise ValueError(f'{config}: no dataset with data_root under data/diverseWeather')
     with work_dir_lock(work_dir):
-        data_root = osp.join(work_dir, 'data', 'diverseWeather')
         print(f'[demo-dgod] 1/3 synthetic Diverse Weather in {data_root}')
         make_diverse_weather(data_root, num_train=num_train, num_test=num_test, size=size,
                              seed=seed)
-        cfg = Config.fromfile(config)
-        if point_config_to(cfg, data_root) == 0:
-            raise ValueError(f'{config}: no dataset with data_root under data/diverseWeather')
         cfg.work_dir = work_dir
         unique_visualizer_name(cfg)
         # evaluate once, after training (the config's own validation would repeat it)
@@ -67,7 +66,7 @@ def _print_table(metrics, seconds, work_dir):
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``tools/demo_dgod.py``: run the detection demo, one-line errors, exit code."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--work-dir', default='work_dirs/demo_dgod')
     parser.add_argument('--config', default=DGOD_DEMO_CONFIG)
     parser.add_argument('--iters', type=int, default=None, help='override max_iters')

@@ -11,15 +11,19 @@ a full checkpoint, or an adapter-only one with ``--backbone``), on the CPU. Segm
 to reproduce ``tools/test.py`` goes into the file's metadata (:func:`deploy_metadata`).
 """
 import argparse
+from typing import List, Optional, Sequence, Union
 import logging
 import os
 import os.path as osp
 
+from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
+from torch import nn
 
 from soma.apis.inference import init_model, test_pipeline_of
-from soma.apis.launch import run_cli
+from soma.checkpoints.layout import CheckpointLike, PathLike
 from soma.deploy.export import DEFAULT_OPSET, export_model, task_of
+from soma.utils.cli import ArgumentParser, run_cli
 
 __all__ = ['deploy_metadata', 'export_onnx', 'parse_args', 'main']
 
@@ -57,7 +61,9 @@ def _classes(model, num_classes):
     return classes, palette[:num_classes]
 
 
-def deploy_metadata(model, config=None, checkpoint=None, backbone=None) -> dict:
+def deploy_metadata(model: nn.Module, config: Optional[PathLike] = None,
+                    checkpoint: Optional[PathLike] = None, backbone: Optional[PathLike] = None
+                    ) -> dict:
     """What the runner needs (and a reader may want) about ``model`` built from its config:
     classes, palette, test mode, crop and stride, the pipeline's resize, normalisation."""
     cfg = model.cfg
@@ -95,8 +101,10 @@ def deploy_metadata(model, config=None, checkpoint=None, backbone=None) -> dict:
     return meta
 
 
-def export_onnx(config, checkpoint, out, shape, backbone=None, opset=DEFAULT_OPSET,
-                dynamic_batch=False, cfg_options=None, check=True) -> dict:
+def export_onnx(config: Union[PathLike, Config, dict], checkpoint: Optional[CheckpointLike],
+                out: PathLike, shape: Sequence[int], backbone: Optional[CheckpointLike] = None,
+                opset: int = DEFAULT_OPSET, dynamic_batch: bool = False,
+                cfg_options: Optional[dict] = None, check: bool = True) -> dict:
     """Build the model of ``config`` with ``checkpoint`` (+ ``backbone``) on the CPU and
     export it to ``out`` for ``shape`` = (H, W) inputs; the report of
     :func:`soma.deploy.export.export_model`."""
@@ -116,9 +124,9 @@ def export_onnx(config, checkpoint, out, shape, backbone=None, opset=DEFAULT_OPS
     return report
 
 
-def parse_args(argv=None):
-    from mmengine.config import DictAction
-    parser = argparse.ArgumentParser(
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The command line of ``tools/deploy/export_onnx.py``."""
+    parser = ArgumentParser(
         description='Export a SoMA segmentor (or the Co-DETR detr branch) to ONNX')
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='full checkpoint, or adapter-only with --backbone')
@@ -137,7 +145,8 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> int:
+    """``tools/deploy/export_onnx.py``: export, one-line errors, exit code."""
     args = parse_args(argv)
     return run_cli(export_onnx, args.config, args.checkpoint, args.out, args.shape,
                    backbone=args.backbone, opset=args.opset, dynamic_batch=args.dynamic_batch,

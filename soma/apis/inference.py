@@ -28,11 +28,11 @@ from mmseg.structures import SegDataSample
 from mmseg.utils import get_classes
 from torch import nn
 
-from soma.apis.launch import as_config
+from soma.apis.launch import as_config, config_keys_named
 from soma.checkpoints import load_soma_checkpoint
 from soma.checkpoints.layout import CheckpointLike, Device, PathLike
 from soma.deploy.runtime import colorize, write_png  # numpy/opencv only: shared with ONNX
-from soma.utils.cli import InputsFailed, run_cli
+from soma.utils.cli import ArgumentParser, InputsFailed, run_cli
 
 __all__ = ['init_model', 'inference_model', 'test_pipeline_of',
            'colorize', 'read_image', 'visualize', 'parse_args', 'main', 'CITYSCAPES_PALETTE']
@@ -87,6 +87,8 @@ def init_model(config: Union[PathLike, Config, dict], checkpoint: Optional[Check
         The model in eval mode, with ``model.cfg`` and ``model.dataset_meta``.
     """
     cfg = as_config(config, cfg_options)
+    if not isinstance(cfg.get('model'), dict):
+        raise ValueError(f'{_config_name(config)}: no model in the config')
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     model_cfg = copy.deepcopy(cfg.model)
     model_cfg.pop('pretrained', None)
@@ -96,7 +98,8 @@ def init_model(config: Union[PathLike, Config, dict], checkpoint: Optional[Check
         backbone_cfg['init_cfg'] = None  # weights come from the checkpoint (or stay random)
     else:
         backbone_cfg['init_cfg'] = dict(type='Pretrained', checkpoint=os.fspath(backbone))
-    model = MODELS.build(model_cfg)
+    with config_keys_named(dict(model=model_cfg), cfg_options):
+        model = MODELS.build(model_cfg)
     ckpt = None
     if checkpoint is not None:
         ckpt = load_soma_checkpoint(model, checkpoint, backbone=backbone, cfg=cfg,
@@ -111,6 +114,10 @@ def init_model(config: Union[PathLike, Config, dict], checkpoint: Optional[Check
     model.to(device)
     model.eval()
     return model
+
+
+def _config_name(config):
+    return os.fspath(config) if isinstance(config, (str, os.PathLike)) else 'the config'
 
 
 def _find_pipeline(node):
@@ -237,7 +244,7 @@ def visualize(model: nn.Module, images: Sequence[str], save_dir: PathLike, tta: 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """The command line of ``tools/visualize.py``."""
-    parser = argparse.ArgumentParser(description='Visualise SoMA segmentation predictions')
+    parser = ArgumentParser(description='Visualise SoMA segmentation predictions')
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='full or adapter + head checkpoint')
     parser.add_argument('images', nargs='+', help='image files')

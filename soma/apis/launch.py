@@ -10,6 +10,7 @@ import copy
 import logging
 import os
 import os.path as osp
+import re
 import uuid
 from contextlib import nullcontext
 from typing import ContextManager, Iterator, List, Optional, Sequence, Union
@@ -21,13 +22,18 @@ from mmcv.ops.multi_scale_deform_attn import MultiScaleDeformableAttnFunction
 from mmengine.config import Config
 from mmengine.device import get_device
 from mmengine.logging import print_log
+from mmengine.registry import build_from_cfg
 
-from soma.utils.cli import run_cli
+from soma.utils.cli import USER_ERRORS, one_line, prefix_error, run_cli
 
 __all__ = ['as_config', 'load_config', 'set_work_dir', 'setup_launcher', 'launch_rank',
            'leaf_datasets', 'check_data_roots', 'check_max_iters', 'set_max_iters',
            'cpu_thread_count', 'cpu_threads', 'run_cli', 'unique_visualizer_name', 'amp_dtype',
-           'enable_amp', 'amp_autocast']
+           'enable_amp', 'amp_autocast', 'CONFIG_SUFFIXES', 'config_key_at_fault',
+           'config_keys_named']
+
+# the config files mmengine reads
+CONFIG_SUFFIXES = ('.py', '.json', '.yaml', '.yml')
 
 
 def unique_visualizer_name(cfg: Config) -> Config:
@@ -50,8 +56,16 @@ def as_config(config: Union[str, os.PathLike, Config, dict], cfg_options: Option
     if isinstance(config, (str, os.PathLike)):
         config = os.fspath(config)
         if not osp.isfile(config):
-            raise FileNotFoundError(f'config not found: {config}')
-        cfg = Config.fromfile(config)
+            raise FileNotFoundError(f'config not found: {config}'
+                                    + (' (a folder)' if osp.isdir(config) else ''))
+        if not config.endswith(CONFIG_SUFFIXES):
+            raise ValueError(f'{config}: not a config file (expected {", ".join(CONFIG_SUFFIXES)})')
+        try:
+            cfg = Config.fromfile(config)
+        except USER_ERRORS as e:
+            if config not in one_line(e):
+                prefix_error(e, config)
+            raise
     elif isinstance(config, Config):
         cfg = copy.deepcopy(config)
     elif isinstance(config, dict):
@@ -61,6 +75,74 @@ def as_config(config: Union[str, os.PathLike, Config, dict], cfg_options: Option
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     return cfg
+
+
+def _config_nodes(node, path=''):
+    """``(dotted path, dict)`` of every dict in a config tree, lists indexed (``a.0.b``)."""
+    if isinstance(node, dict):
+        yield path, node
+        children = node.items()
+    elif isinstance(node, (list, tuple)):
+        children = enumerate(node)
+    else:
+        return
+    for key, child in children:
+        yield from _config_nodes(child, f'{path}.{key}' if path else str(key))
+
+
+def _path_of(built: dict, tree: dict) -> Optional[str]:
+    """The one path of ``tree`` whose dict is ``built`` (a config being built): equal, else
+    of the same type with ``built`` holding all its items (defaults added by the builder)."""
+    nodes = [(p, n) for p, n in _config_nodes(tree) if p and n.get('type') == built.get('type')]
+    for same in (lambda n: n == built,
+                 lambda n: all(k in built and built[k] == v for k, v in n.items())):
+        paths = [p for p, n in nodes if same(n)]
+        if len(paths) == 1:
+            return paths[0]
+        if paths:
+            return None
+    return None
+
+
+def config_key_at_fault(error: BaseException, cfg: Union[Config, dict],
+                        cfg_options: Optional[dict] = None) -> Optional[str]:
+    """Where in ``cfg`` ``error`` comes from, if it was raised while building from it: the
+    ``--cfg-options`` item inside the sub-config mmengine was building (``build_from_cfg``),
+    else that sub-config's path and type; None when raised outside any build."""
+    being_built = []
+    tb = error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is build_from_cfg.__code__:
+            being_built.append(tb.tb_frame.f_locals.get('cfg'))
+        tb = tb.tb_next
+    tree = cfg.to_dict() if isinstance(cfg, Config) else cfg
+    for built in reversed(being_built):  # innermost first
+        path = _path_of(built, tree) if isinstance(built, dict) else None
+        if path is None:
+            continue
+        options = [k for k in cfg_options or {} if k == path or k.startswith(path + '.')]
+        if len(options) > 1:  # the one whose last name the message says, if any
+            said = [k for k in options
+                    if re.search(rf'\b{re.escape(k.rsplit(".", 1)[-1])}\b', one_line(error))]
+            options = said if len(said) == 1 else options
+        if len(options) == 1:
+            return f'--cfg-options {options[0]}={cfg_options[options[0]]}'
+        return f'{path} ({built.get("type")})'
+    return None
+
+
+@contextlib.contextmanager
+def config_keys_named(cfg: Union[Config, dict], cfg_options: Optional[dict] = None
+                      ) -> Iterator[None]:
+    """A user error raised in the block while building from ``cfg`` names the config key at
+    fault before its message (:func:`config_key_at_fault`)."""
+    try:
+        yield
+    except USER_ERRORS as error:
+        where = config_key_at_fault(error, cfg, cfg_options)
+        if where is not None:
+            prefix_error(error, where)
+        raise
 
 
 def load_config(config: Union[str, os.PathLike], cfg_options: Optional[dict] = None,
@@ -119,12 +201,14 @@ def launch_rank() -> int:
     return 0
 
 
-def check_max_iters(max_iters: Optional[int]) -> Optional[int]:
-    """``max_iters`` as an int >= 1 (``None`` passes through: the config's own)."""
+def check_max_iters(max_iters: Optional[int], name: str = 'max_iters') -> Optional[int]:
+    """``max_iters`` as an int >= 1 (``None`` passes through: the config's own); the error
+    names it as ``name``."""
     if max_iters is None:
         return None
-    if isinstance(max_iters, bool) or int(max_iters) != max_iters or max_iters < 1:
-        raise ValueError(f'max_iters must be an integer >= 1, got {max_iters!r}')
+    if isinstance(max_iters, bool) or not isinstance(max_iters, (int, float)) \
+            or int(max_iters) != max_iters or max_iters < 1:
+        raise ValueError(f'{name} must be an integer >= 1, got {max_iters!r}')
     return int(max_iters)
 
 
@@ -144,7 +228,7 @@ def set_max_iters(cfg: Config, max_iters: Optional[int], val: bool = True) -> Co
     if 'max_iters' not in train_cfg:
         raise ValueError(f'--iters needs an iteration-based train_cfg (max_iters), the config '
                          f'has {dict(train_cfg)}')
-    old = train_cfg.max_iters
+    old = check_max_iters(train_cfg.max_iters, 'train_cfg.max_iters')
     max_iters = check_max_iters(max_iters) or old
     ratio = max_iters / old
 

@@ -207,6 +207,8 @@ def analyze_spectrum(converted: CheckpointLike, soma_ckpt: Optional[CheckpointLi
     :func:`soma.checkpoints.release_adapter_config`). ``target_modules``: default the
     backbone's (DINOv2: ``q, k, v, proj, fc1, fc2``; HF: every linear of the family).
     """
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f'r (--r) must be an integer >= 1, got {r!r}')
     folder = hf_folder_of(converted)
     if folder is not None:
         backbone, family = hf_backbone_weights(folder)

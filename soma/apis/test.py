@@ -29,18 +29,18 @@ from typing import List, Optional, Union
 from mmdet.evaluation import DumpDetResults
 from mmengine.config import Config, DictAction
 from mmengine.model import is_model_wrapper
-from mmengine.runner import Runner
-
-from soma.apis.launch import (amp_autocast, check_data_roots, cpu_threads, leaf_datasets,
-                              load_config, run_cli, set_work_dir, setup_launcher)
+from soma.apis.launch import (amp_autocast, check_data_roots, config_keys_named, cpu_threads,
+                              leaf_datasets, load_config, run_cli, set_work_dir, setup_launcher)
 from soma.checkpoints import load_soma_checkpoint
+from soma.engine import TidyRunner
+from soma.utils.cli import ArgumentParser
 
 __all__ = ['parse_args', 'build_test_config', 'test', 'main']
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """The command line of ``tools/test.py``."""
-    parser = argparse.ArgumentParser(description='Test a SoMA segmentor/detector')
+    parser = ArgumentParser(description='Test a SoMA segmentor/detector')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file (full, or adapter+head with '
                                            '--backbone)')
@@ -153,19 +153,22 @@ def test(args: Union[argparse.Namespace, List[str]]) -> dict:
         args = parse_args(args)
     cfg = build_test_config(args)
     check_data_roots(cfg, ('test_dataloader', ), labels=not args.submit)
-    runner = Runner.from_cfg(cfg)
-    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-    if args.tta:
-        model = model.module
-    load_soma_checkpoint(model, args.checkpoint, backbone=args.backbone, cfg=cfg,
-                         config_path=args.config,
-                         check_fingerprint=not getattr(args, 'ignore_fingerprint', False))
-    runner.logger.info(f'loaded {args.checkpoint}'
-                       + (f' merged with the backbone {args.backbone}' if args.backbone else ''))
-    if args.out and _is_det(cfg):
-        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-    with amp_autocast(getattr(args, 'amp', False)), cpu_threads(cfg):
-        return runner.test()
+    with config_keys_named(cfg, args.cfg_options):
+        runner = TidyRunner.from_cfg(cfg)
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        if args.tta:
+            model = model.module
+        with runner.until_started():  # a bad checkpoint leaves no run folder
+            load_soma_checkpoint(model, args.checkpoint, backbone=args.backbone, cfg=cfg,
+                                 config_path=args.config,
+                                 check_fingerprint=not getattr(args, 'ignore_fingerprint',
+                                                               False))
+        runner.logger.info(f'loaded {args.checkpoint}' + (
+            f' merged with the backbone {args.backbone}' if args.backbone else ''))
+        if args.out and _is_det(cfg):
+            runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+        with amp_autocast(getattr(args, 'amp', False)), cpu_threads(cfg):
+            return runner.test()
 
 
 def main(argv: Optional[List[str]] = None) -> int:

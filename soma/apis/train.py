@@ -32,9 +32,12 @@ from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from soma.apis.launch import (check_data_roots, cpu_threads, enable_amp, launch_rank,
-                              load_config, run_cli, set_max_iters, set_work_dir, setup_launcher)
+from soma.apis.launch import (check_data_roots, check_max_iters, config_keys_named,
+                              cpu_threads, enable_amp, launch_rank, load_config, run_cli,
+                              set_max_iters, set_work_dir, setup_launcher)
+from soma.engine import TidyRunner
 from soma.engine.checkpoint_hook import find_resumable_checkpoint
+from soma.utils.cli import ArgumentParser
 from soma.utils.run_lock import work_dir_lock
 
 __all__ = ['parse_args', 'build_train_config', 'use_safe_checkpoints', 'train', 'main']
@@ -42,7 +45,7 @@ __all__ = ['parse_args', 'build_train_config', 'use_safe_checkpoints', 'train', 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """The command line of ``tools/train.py``."""
-    parser = argparse.ArgumentParser(description='Train a segmentor/detector with SoMA')
+    parser = ArgumentParser(description='Train a segmentor/detector with SoMA')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
     parser.add_argument('--iters', type=int, default=None,
@@ -68,7 +71,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def _warn_schedule_beyond_run(cfg):
     """A scheduler that ends after the last iteration (``--cfg-options train_cfg.max_iters``
     alone) never reaches its end values; say so."""
-    max_iters = (cfg.get('train_cfg') or {}).get('max_iters')
+    max_iters = check_max_iters((cfg.get('train_cfg') or {}).get('max_iters'),
+                                'train_cfg.max_iters')
     schedulers = cfg.get('param_scheduler') or []
     for scheduler in [schedulers] if isinstance(schedulers, dict) else schedulers:
         end = scheduler.get('end')
@@ -130,14 +134,17 @@ def train(args: Union[argparse.Namespace, List[str]]) -> Runner:
     """Build the Runner from ``args`` (a Namespace or an argv list) and train; return it.
 
     The work dir's lock is taken (by the rank-0 process) before the Runner writes anything.
+    A bad config value or checkpoint found before the first iteration is a one-line error
+    naming the config key (:func:`soma.apis.launch.config_keys_named`) or the file, and
+    leaves nothing behind (:class:`soma.engine.TidyRunner`).
     """
     if not isinstance(args, argparse.Namespace):
         args = parse_args(args)
     cfg = build_train_config(args)
     check_data_roots(cfg, ('train_dataloader', 'val_dataloader'))
     lock = work_dir_lock(cfg.work_dir) if launch_rank() == 0 else contextlib.nullcontext()
-    with lock, cpu_threads(cfg):
-        runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    with lock, cpu_threads(cfg), config_keys_named(cfg, args.cfg_options):
+        runner = TidyRunner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
         runner.train()
     return runner
 

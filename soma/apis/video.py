@@ -14,15 +14,19 @@ complete or not at all.
 import argparse
 import os
 import os.path as osp
+from typing import List, Optional, Sequence, Union
 
+import numpy as np
 import torch
+from mmengine.config import Config, DictAction
 from mmengine.dataset import Compose
 from mmengine.utils import ProgressBar
 
 from soma.apis.inference import init_model, test_pipeline_of
-from soma.apis.launch import run_cli
+from soma.checkpoints.layout import CheckpointLike, PathLike
 from soma.deploy.runtime import (DeployError, OnnxSegmentor, VideoSink, blend, iter_video,
                                  label_dtype, video_info, write_png)
+from soma.utils.cli import ArgumentParser, run_cli
 
 __all__ = ['TorchVideoSegmentor', 'segment_video', 'parse_args', 'main']
 
@@ -38,7 +42,7 @@ class TorchVideoSegmentor:
         self.palette = model.dataset_meta['palette']
         self.num_classes = len(model.dataset_meta['classes'])
 
-    def labels(self, frames) -> list:
+    def labels(self, frames: Sequence[np.ndarray]) -> list:
         """``h x w`` label maps of BGR uint8 frames of one size."""
         samples = [self.pipeline(dict(img=frame)) for frame in frames]
         data = dict(inputs=[s['inputs'] for s in samples],
@@ -59,8 +63,11 @@ class _OnnxVideoSegmentor:
         return [label for label, _ in self.runner.predict(frames)]
 
 
-def segment_video(config, checkpoint, video, out, backbone=None, onnx=None, batch_size=4,
-                  labels_dir=None, opacity=0.5, cfg_options=None) -> dict:
+def segment_video(config: Union[PathLike, Config, dict], checkpoint: Optional[CheckpointLike],
+                  video: PathLike, out: PathLike, backbone: Optional[CheckpointLike] = None,
+                  onnx: Optional[PathLike] = None, batch_size: int = 4,
+                  labels_dir: Optional[PathLike] = None, opacity: float = 0.5,
+                  cfg_options: Optional[dict] = None) -> dict:
     """Segment every frame of ``video``; write the overlay video ``out`` (and the label PNGs
     into ``labels_dir``). Returns ``{'frames': n, 'out': out, 'labels': [paths]}``."""
     if batch_size < 1:
@@ -100,9 +107,9 @@ def segment_video(config, checkpoint, video, out, backbone=None, onnx=None, batc
     return dict(frames=index, out=os.fspath(out), labels=labels)
 
 
-def parse_args(argv=None):
-    from mmengine.config import DictAction
-    parser = argparse.ArgumentParser(description='Segment a video with a SoMA model')
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The command line of ``tools/video_demo.py``."""
+    parser = ArgumentParser(description='Segment a video with a SoMA model')
     parser.add_argument('config', help='config file (not read with --onnx)')
     parser.add_argument('checkpoint', help='checkpoint (not read with --onnx)')
     parser.add_argument('video', help='input video (anything opencv reads)')
@@ -117,7 +124,8 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> int:
+    """``tools/video_demo.py``: segment a video, one-line errors, exit code."""
     args = parse_args(argv)
     return run_cli(segment_video, args.config, args.checkpoint, args.video, args.out,
                    backbone=args.backbone, onnx=args.onnx, batch_size=args.batch_size,

@@ -16,6 +16,7 @@ from soma.models.adapters.base import BackboneAdapter
 from soma.peft.config import ADAPTER_KEYWORD
 from soma.utils.checkpoint_io import (EMA_STATE_DICT, CheckpointError, get_state_dict,
                                       save_checkpoint_file)
+from soma.utils.cli import inputs_named
 
 from .backbone import (backbone_part, backbone_target, fitting_weights, plain_keys,
                        read_converted_backbone)
@@ -76,7 +77,8 @@ def merge_soma_weights(backbone_ckpt: CheckpointLike, adapter_ckpt: CheckpointLi
     was trained on is refused (:mod:`.fingerprint`) unless ``check_fingerprint=False``."""
     backbone = read_converted_backbone(backbone_ckpt)
     adapter = load_soma_checkpoint_file(adapter_ckpt)
-    merged = _merge(backbone, adapter, device)  # its own checks first: shapes, keys, meta
+    with inputs_named(backbone=backbone_ckpt, adapter=adapter_ckpt):  # they may not fit
+        merged = _merge(backbone, adapter, device)  # its own checks first: shapes, keys, meta
     check_backbone_fingerprint(adapter, backbone, backbone_ckpt, adapter_ckpt, check_fingerprint)
     return merged
 

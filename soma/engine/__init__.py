@@ -6,12 +6,13 @@ from .hooks import LoadBackboneHook, SoMAMetaHook, WeightDecayLoggingHook
 from .loops import FastResumeIterBasedTrainLoop
 from .merge_hook import MergeAdaptersHook
 from .optimizers import PEFTOptimWrapperConstructor
+from .runner import TidyRunner
 from .schedulers import CosineAnnealingParamScheduler
 
 __all__ = ['PEFTOptimWrapperConstructor', 'CosineAnnealingParamScheduler',
            'WeightDecayLoggingHook', 'LoadBackboneHook', 'SoMAMetaHook',
            'FastResumeIterBasedTrainLoop', 'MergeAdaptersHook', 'AutocastOptimWrapper',
-           'SafeCheckpointHook', 'CheckpointCheckHook']
+           'SafeCheckpointHook', 'CheckpointCheckHook', 'TidyRunner']
 from .vis_backends import OptionalTensorboardVisBackend  # noqa: E402  (registration)
 
 __all__ += ['OptionalTensorboardVisBackend']

@@ -16,7 +16,8 @@ import shutil
 import tempfile
 from typing import Iterable, Iterator, Optional
 
-__all__ = ['atomic_output', 'atomic_output_dir', 'DiskFullError', 'human_bytes']
+__all__ = ['atomic_output', 'atomic_output_dir', 'DiskFullError', 'human_bytes',
+           'first_missing_dir', 'remove_empty_dirs']
 
 _DISK_FULL = (errno.ENOSPC, getattr(errno, 'EDQUOT', errno.ENOSPC))
 # what a writer still needs when it failed with an unknown size: a disk with less than this
@@ -143,3 +144,28 @@ def atomic_output_dir(path, replaceable: Iterable[str] = (),
         for leftover in (tmp, old):
             if leftover is not None and osp.exists(leftover):
                 shutil.rmtree(leftover)
+
+
+def first_missing_dir(path) -> Optional[str]:
+    """The outermost folder of ``path`` (itself included) that does not exist yet: what
+    ``os.makedirs(path)`` would create first; None when ``path`` exists."""
+    path = osp.abspath(os.fspath(path))
+    first = None
+    while not osp.exists(path):
+        first, path = path, osp.dirname(path)
+    return first
+
+
+def remove_empty_dirs(path, up_to: Optional[str]) -> None:
+    """Remove ``path`` and its parents up to ``up_to`` (included) while they are empty folders:
+    undo ``os.makedirs`` of a write that did not happen (``up_to``: from
+    :func:`first_missing_dir`; None removes nothing)."""
+    if up_to is None:
+        return
+    path, up_to = osp.abspath(os.fspath(path)), osp.abspath(up_to)
+    while path == up_to or path.startswith(up_to + os.sep):
+        try:
+            os.rmdir(path)
+        except OSError:  # not empty (or gone): keep it and its parents
+            return
+        path = osp.dirname(path)

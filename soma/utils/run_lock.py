@@ -23,6 +23,8 @@ from typing import Iterator
 
 from mmengine.logging import print_log
 
+from soma.utils.atomic import first_missing_dir, remove_empty_dirs
+
 __all__ = ['LOCK_NAME', 'WorkDirBusyError', 'work_dir_lock']
 
 LOCK_NAME = 'train.lock'
@@ -79,9 +81,16 @@ def _busy_message(work_dir, path, holder):
 @contextlib.contextmanager
 def work_dir_lock(work_dir: str) -> Iterator[str]:
     """Hold ``<work_dir>/train.lock`` while the block runs; :class:`WorkDirBusyError` at once
-    when another live training holds it. Yields the lock file's path."""
+    when another live training holds it. Yields the lock file's path.
+
+    When the block raised and the work dir holds nothing but a lock file this call made (a
+    run stopped by a bad input before it wrote anything), the file is removed, and so are
+    the folders this call made for the work dir.
+    """
+    new_dir = first_missing_dir(work_dir)
     os.makedirs(work_dir, exist_ok=True)
     path = osp.join(work_dir, LOCK_NAME)
+    new_file = not osp.exists(path)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -102,6 +111,11 @@ def work_dir_lock(work_dir: str) -> Iterator[str]:
                    f'since={time.strftime("%Y-%m-%dT%H:%M:%S")}\n')
         try:
             yield path
+        except BaseException:
+            if new_file and os.listdir(work_dir) == [LOCK_NAME]:  # removed while still held
+                os.remove(path)
+                remove_empty_dirs(work_dir, new_dir)
+            raise
         finally:
             _write(fd, '')  # a clean end: nobody holds it
     finally:

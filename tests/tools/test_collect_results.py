@@ -87,7 +87,7 @@ def test_paper_numbers_and_method_names():
     assert PAPER_RESULTS[('SoMA', 'GTAV -> C, B, M (512)')]['mean'] == 68.27
 
 
-def test_bad_input_is_one_line_and_writes_nothing(runs, tmp_path, capsys):
+def test_bad_work_dirs_are_named_after_the_table_of_the_good_ones(runs, tmp_path, capsys):
     out = tmp_path / 'results'
     empty = tmp_path / 'empty'
     empty.mkdir()
@@ -95,10 +95,12 @@ def test_bad_input_is_one_line_and_writes_nothing(runs, tmp_path, capsys):
         assert tool_main('collect_results.py', runs['soma'], bad, '--out', str(out)) == 1
         err = capsys.readouterr().err.strip()
         assert err.startswith('error: ') and '\n' not in err and osp.basename(bad) in err
+        with open(str(out) + '.csv') as f:  # the good run's table is written
+            assert [r['run'] for r in csv.DictReader(f)] == [osp.basename(runs['soma'])]
     broken = tmp_path / 'broken'
     (broken / '20240101_000000' / 'vis_data').mkdir(parents=True)
     (broken / '20240101_000000' / 'vis_data' / 'scalars.json').write_text('{"a": 1}\n{oops\n')
-    assert tool_main('collect_results.py', str(broken), '--out', str(out)) == 1
+    alone = tmp_path / 'alone' / 'results'
+    assert tool_main('collect_results.py', str(broken), '--out', str(alone)) == 1
     assert 'scalars.json:2: not json' in capsys.readouterr().err
-    assert not any(p.name.startswith('results') or p.name.startswith('.results')
-                   for p in tmp_path.iterdir())
+    assert not (tmp_path / 'alone').exists()  # no good run: nothing written

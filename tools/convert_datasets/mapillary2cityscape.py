@@ -3,14 +3,13 @@
     python tools/convert_datasets/mapillary2cityscape.py data/mapillary \
         data/mapillary/cityscapes_trainIdLabel --nproc 8
 """
-import argparse
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
 
 from soma.datasets.convert.common import default_nproc  # noqa: E402
-from soma.utils.cli import run_cli  # noqa: E402
+from soma.utils.cli import ArgumentParser, run_cli  # noqa: E402
 from soma.datasets.convert.mapillary import convert_mapillary  # noqa: E402
 
 
@@ -23,7 +22,7 @@ def _convert(**kwargs):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description='Convert Mapillary Vistas labels to Cityscapes trainIds')
     parser.add_argument('ori_root_dir', help='Mapillary root holding config_<version>.json, '
                         'training/ and validation/')

@@ -4,19 +4,18 @@
         data/mapillary/cityscapes_trainIdLabel/val/label \
         data/mapillary/half/val_img data/mapillary/half/val_label --nproc 8
 """
-import argparse
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
 
 from soma.datasets.convert.common import default_nproc  # noqa: E402
-from soma.utils.cli import run_cli  # noqa: E402
+from soma.utils.cli import ArgumentParser, run_cli  # noqa: E402
 from soma.datasets.convert.mapillary import resize_mapillary_half  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description='Halve Mapillary images and labels')
+    parser = ArgumentParser(description='Halve Mapillary images and labels')
     parser.add_argument('image_folder', help='source .jpg images')
     parser.add_argument('label_folder', help='source trainId .png labels (same names)')
     parser.add_argument('dst_image_folder')

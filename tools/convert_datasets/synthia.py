@@ -4,19 +4,18 @@ See docs/datasets.md.
 
     python tools/convert_datasets/synthia.py data/synthia --nproc 8
 """
-import argparse
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
 
 from soma.datasets.convert.common import default_nproc  # noqa: E402
-from soma.utils.cli import run_cli  # noqa: E402
+from soma.utils.cli import ArgumentParser, run_cli  # noqa: E402
 from soma.datasets.convert.synthia import convert_synthia  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description='Convert SYNTHIA labels to Cityscapes trainIds')
+    parser = ArgumentParser(description='Convert SYNTHIA labels to Cityscapes trainIds')
     parser.add_argument('synthia_path', help='SYNTHIA root holding RGB/ and GT/LABELS/')
     parser.add_argument('--gt-dir', default='GT/LABELS', help='label folder inside synthia_path')
     parser.add_argument('-o', '--out-dir', help='output root (default: synthia_path)')

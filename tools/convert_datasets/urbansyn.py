@@ -4,19 +4,18 @@ See docs/datasets.md.
 
     python tools/convert_datasets/urbansyn.py data/urbansyn --nproc 8
 """
-import argparse
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
 
 from soma.datasets.convert.common import default_nproc  # noqa: E402
-from soma.utils.cli import run_cli  # noqa: E402
+from soma.utils.cli import ArgumentParser, run_cli  # noqa: E402
 from soma.datasets.convert.urbansyn import convert_urbansyn  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description='Convert UrbanSyn labels (19 -> 255)')
+    parser = ArgumentParser(description='Convert UrbanSyn labels (19 -> 255)')
     parser.add_argument('urbansyn_path', help='UrbanSyn root holding rgb/ and ss/')
     parser.add_argument('--gt-dir', default='ss', help='label folder inside urbansyn_path')
     parser.add_argument('-o', '--out-dir', help='output root (default: urbansyn_path)')

@@ -7,15 +7,14 @@
 PRETRAINED is the official ``dinov2_vit*14_pretrain.pth`` or a Hugging Face ``Dinov2Model``
 file/folder. See ``soma.models.backbones.convert_dinov2`` for what is converted.
 """
-import argparse
 import sys
 
 from soma.models.backbones.convert_dinov2 import convert_dinov2_checkpoint
-from soma.utils.cli import run_cli
+from soma.utils.cli import ArgumentParser, run_cli
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Convert DINOv2 weights for SoMA')
+    parser = ArgumentParser(description='Convert DINOv2 weights for SoMA')
     parser.add_argument('pretrained', help='DINOv2 checkpoint (official .pth or Hugging Face)')
     parser.add_argument('converted', help='output file (.pth, or .safetensors)')
     parser.add_argument('--kernel', type=int, default=16, help='patch kernel size')

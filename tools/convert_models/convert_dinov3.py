@@ -9,15 +9,14 @@ loads it); it must not exist or be empty, and appears only when complete. The ar
 is read from the shapes; ``--arch`` refuses a checkpoint of another size. See
 ``soma.models.backbones.convert_dinov3``.
 """
-import argparse
 import sys
 
 from soma.models.backbones.convert_dinov3 import DINOV3_ARCHS, convert_dinov3_checkpoint
-from soma.utils.cli import run_cli
+from soma.utils.cli import ArgumentParser, run_cli
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Convert official DINOv3 weights for '
+    parser = ArgumentParser(description='Convert official DINOv3 weights for '
                                                  'transformers / HFVisionBackbone')
     parser.add_argument('checkpoint', help='official DINOv3 .pth (facebookresearch/dinov3)')
     parser.add_argument('out_dir', help='output transformers folder (new or empty)')

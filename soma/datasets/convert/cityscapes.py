@@ -14,7 +14,7 @@ from mmengine.utils import scandir
 
 from soma.utils.atomic import atomic_output
 
-from .common import default_nproc, list_files, require_dir, run_tasks, write_text
+from .common import list_files, require_dir, run_tasks, write_text
 
 IN_SUFFIX = '_polygons.json'
 OUT_SUFFIX = '_labelTrainIds.png'
@@ -81,7 +81,7 @@ def convert_cityscapes(root, out_dir=None, gt_dir='gtFine', nproc=None, overwrit
         rel = osp.join(gt_dir, f[:-len(IN_SUFFIX)] + OUT_SUFFIX)
         tasks.append((osp.join(gt_root, f), osp.join(out_root, rel), rel))
     results = run_tasks(partial(polygons_to_train_ids, overwrite=overwrite), tasks,
-                        nproc or default_nproc(), name='Cityscapes polygon files')
+                        nproc, name='Cityscapes polygon files')
     os.makedirs(out_root, exist_ok=True)
     splits = write_split_lists(gt_root, out_root)
     converted = sum(not r['skipped'] for r in results)

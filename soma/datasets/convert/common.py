@@ -3,8 +3,9 @@
 Every converter lists its source files, builds one task per file, and hands the tasks to
 :func:`run_tasks` (a ``multiprocessing`` pool through mmengine's progress bar). A task whose
 output exists is skipped, outputs are written to a temporary file and renamed
-(:func:`soma.utils.checkpoint_io.atomic_output`), and a failing file never stops the others:
-the failures are collected and raised together, naming the files, once all tasks ran.
+(:func:`soma.utils.atomic.atomic_output`), and a bad file never stops the others: once all
+tasks ran, :class:`~soma.utils.cli.InputsFailed` names every bad file in one line. A bug (an
+exception other than ``OSError`` / ``ValueError``) stops the run with its traceback.
 """
 import json
 import logging
@@ -19,6 +20,7 @@ from mmengine.utils import scandir, track_parallel_progress, track_progress
 from PIL import Image
 
 from soma.utils.atomic import atomic_output
+from soma.utils.cli import InputsFailed
 
 NUM_CLASSES = 19
 IGNORE_INDEX = 255
@@ -123,25 +125,29 @@ def convert_label(task, read, table, known, stats=True, overwrite=False):
 
 
 def _guarded(func, task):
-    """Run ``func(task)``; return ``(True, result)`` or ``(False, message naming the file)``."""
+    """Run ``func(task)``; ``(True, result)``, or for a bad file ``(False, (file, message
+    naming it))``."""
     try:
         return True, func(task)
-    except Exception as e:  # reported (with the file) by run_tasks once all tasks ran
-        msg = str(e) or type(e).__name__
-        src = task[0] if isinstance(task, (tuple, list)) else task
-        if str(src) not in msg:
+    except (OSError, ValueError) as e:  # a bad file: named by run_tasks once all tasks ran
+        msg = ' '.join(str(e).split()) or type(e).__name__
+        src = str(task[0] if isinstance(task, (tuple, list)) else task)
+        if src not in msg:
             msg = f'{src}: {type(e).__name__}: {msg}'
-        return False, msg
+        return False, (src, msg)
 
 
-def run_tasks(func, tasks, nproc=1, name='files'):
-    """Apply ``func`` to every task (``nproc`` processes) with a progress bar.
+def run_tasks(func, tasks, nproc=None, name='files'):
+    """Apply ``func`` to every task (``nproc`` processes, None: :func:`default_nproc`) with
+    a progress bar.
 
-    Raises ValueError naming the first failing file after all tasks ran (the good outputs
-    stay, so a re-run after fixing the bad input only redoes what is missing).
+    Raises :class:`~soma.utils.cli.InputsFailed` naming every bad file after all tasks ran
+    (the good outputs stay, so a re-run after fixing the bad inputs only redoes what is
+    missing).
     """
-    if int(nproc) < 1:
-        raise ValueError(f'nproc must be >= 1, got {nproc}')
+    nproc = default_nproc() if nproc is None else nproc
+    if isinstance(nproc, bool) or int(nproc) != nproc or nproc < 1:
+        raise ValueError(f'nproc (--nproc) must be an integer >= 1, got {nproc}')
     guarded = partial(_guarded, func)
     print_log(f'processing {len(tasks)} {name} with {nproc} process(es)', logger='current')
     if nproc > 1 and len(tasks) > 1:
@@ -149,12 +155,10 @@ def run_tasks(func, tasks, nproc=1, name='files'):
                                            file=sys.stdout)
     else:
         outcomes = track_progress(guarded, tasks, file=sys.stdout)
-    failures = [msg for ok, msg in outcomes if not ok]
-    for msg in failures[:20]:
-        print_log(f'failed: {msg}', logger='current', level=logging.ERROR)
+    results = [res for ok, res in outcomes if ok]
+    failures = [res for ok, res in outcomes if not ok]
     if failures:
-        raise ValueError(f'{len(failures)} of {len(tasks)} {name} failed; first: {failures[0]}')
-    results = [res for _, res in outcomes]
+        raise InputsFailed(failures, done=results, what=name)
     skipped = sum(bool(r.get('skipped')) for r in results if isinstance(r, dict))
     print_log(f'{len(results) - skipped} {name} written, {skipped} already done (skipped)',
               logger='current')

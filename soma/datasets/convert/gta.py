@@ -8,7 +8,7 @@ per-file class-pixel statistics (:func:`common.save_class_stats`).
 import os.path as osp
 from functools import partial
 
-from .common import (CITYSCAPES_ID_TO_TRAINID, convert_label, default_nproc, list_files,
+from .common import (CITYSCAPES_ID_TO_TRAINID, convert_label, list_files,
                      read_index_png, require_dir, run_tasks, save_class_stats)
 
 OUT_SUFFIX = '_labelTrainIds.png'
@@ -34,5 +34,5 @@ def convert_gta(root, out_dir=None, gt_dir='labels', nproc=None, overwrite=False
         tasks.append((osp.join(labels, f), osp.join(out_root, rel), rel))
     func = partial(convert_label, read=read_gta_label, table=CITYSCAPES_ID_TO_TRAINID,
                    known=KNOWN_IDS, overwrite=overwrite)
-    results = run_tasks(func, tasks, nproc or default_nproc(), name='GTAV labels')
+    results = run_tasks(func, tasks, nproc, name='GTAV labels')
     return save_class_stats(out_root, results, what='GTAV label')

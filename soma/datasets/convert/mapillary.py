@@ -26,7 +26,7 @@ from PIL import Image
 
 from soma.utils.atomic import atomic_output
 
-from .common import (CITYSCAPES_CLASSES, IGNORE_INDEX, convert_label, default_nproc,
+from .common import (CITYSCAPES_CLASSES, IGNORE_INDEX, convert_label,
                      list_files, read_index_png, require_dir, run_tasks, warn_unexpected)
 
 SPLITS = (('training', 'train'), ('validation', 'val'))
@@ -96,7 +96,7 @@ def convert_mapillary(root, out_dir=None, version='v1.2', nproc=None, overwrite=
             tasks.append((osp.join(labels, f), osp.join(out_root, rel), rel))
     func = partial(convert_label, read=read_mapillary_label, table=lut, known=range(len(table)),
                    stats=False, overwrite=overwrite)
-    results = run_tasks(func, tasks, nproc or default_nproc(), name='Mapillary labels')
+    results = run_tasks(func, tasks, nproc, name='Mapillary labels')
     unexpected = warn_unexpected([r for r in results if not r['skipped']], 'Mapillary label')
     converted = sum(not r['skipped'] for r in results)
     return dict(num_files=len(results), converted=converted, skipped=len(results) - converted,
@@ -151,6 +151,6 @@ def resize_mapillary_half(image_dir, label_dir, dst_image_dir, dst_label_dir, np
         tasks.append((osp.join(image_dir, f), osp.join(label_dir, stem + '.png'),
                       osp.join(dst_image_dir, f), osp.join(dst_label_dir, stem + '.png')))
     results = run_tasks(partial(resize_half, jpeg_quality=jpeg_quality), tasks,
-                        nproc or default_nproc(), name='Mapillary image/label pairs')
+                        nproc, name='Mapillary image/label pairs')
     converted = sum(not r['skipped'] for r in results)
     return dict(num_files=len(results), converted=converted, skipped=len(results) - converted)

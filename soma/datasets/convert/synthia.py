@@ -14,7 +14,7 @@ from functools import partial
 
 import cv2
 
-from .common import (convert_label, default_nproc, list_files, require_dir, run_tasks,
+from .common import (convert_label, list_files, require_dir, run_tasks,
                      save_class_stats)
 
 OUT_SUFFIX = '_labelTrainIds.png'
@@ -50,5 +50,5 @@ def convert_synthia(root, out_dir=None, gt_dir='GT/LABELS', nproc=None, overwrit
         tasks.append((osp.join(labels, f), osp.join(out_root, rel), rel))
     func = partial(convert_label, read=read_synthia_label, table=SYNTHIA_ID_TO_TRAINID,
                    known=KNOWN_IDS, overwrite=overwrite)
-    results = run_tasks(func, tasks, nproc or default_nproc(), name='SYNTHIA labels')
+    results = run_tasks(func, tasks, nproc, name='SYNTHIA labels')
     return save_class_stats(out_root, results, what='SYNTHIA label')

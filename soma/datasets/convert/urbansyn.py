@@ -9,7 +9,7 @@ Cityscapes trainIds 0..18, with 19 for "unlabelled". The converted label is writ
 import os.path as osp
 from functools import partial
 
-from .common import (IGNORE_INDEX, NUM_CLASSES, convert_label, default_nproc, list_files,
+from .common import (IGNORE_INDEX, NUM_CLASSES, convert_label, list_files,
                      read_index_png, require_dir, run_tasks, save_class_stats)
 
 SRC_PREFIX = 'ss_'
@@ -36,5 +36,5 @@ def convert_urbansyn(root, out_dir=None, gt_dir='ss', nproc=None, overwrite=Fals
         tasks.append((osp.join(labels, f), osp.join(out_root, rel), rel))
     func = partial(convert_label, read=read_urbansyn_label, table=URBANSYN_TABLE,
                    known=KNOWN_IDS, overwrite=overwrite)
-    results = run_tasks(func, tasks, nproc or default_nproc(), name='UrbanSyn labels')
+    results = run_tasks(func, tasks, nproc, name='UrbanSyn labels')
     return save_class_stats(out_root, results, what='UrbanSyn label')

@@ -122,6 +122,8 @@ def convert_dinov2_state_dict(state_dict, kernel=16, height=512, width=512):
     new flat dict of tensors; logs what it changed. Raises ValueError (CheckpointError) for
     a dict that is not DINOv2 and for sizes not divisible by ``kernel``.
     """
+    if kernel < 1:
+        raise ValueError(f'kernel {kernel} must be >= 1')
     for name, size in (('height', height), ('width', width)):
         if size <= 0 or size % kernel:
             raise ValueError(f'{name} {size} is not a positive multiple of kernel {kernel}')
@@ -181,6 +183,8 @@ def convert_dinov2_checkpoint(src, dst, kernel=16, height=512, width=512):
     ``dst`` is written atomically (a ``.safetensors`` name gives safetensors). Returns the
     converted state dict. Errors name ``src``; nothing is written on error.
     """
+    if kernel < 1:
+        raise ValueError(f'kernel {kernel} must be >= 1')
     for name, size in (('height', height), ('width', width)):
         if size <= 0 or size % kernel:
             raise ValueError(f'{name} {size} is not a positive multiple of kernel {kernel}')
