@@ -57,3 +57,16 @@ def release_full_checkpoint(backbone, r=4, start=2, seed=2, ema=True):
         ema_sd['steps'] = torch.tensor(7)
         ckpt['ema_state_dict'] = ema_sd
     return ckpt
+
+
+def perturbed_tiny_model(config, converted, scale, seed=0):
+    """The tiny segmentor of ``config`` on the ``converted`` backbone file, every trainable
+    parameter moved by ``scale * N(0, 1)`` (a 'trained' model with non-zero adapters)."""
+    from soma.apis.inference import init_model
+    model = init_model(config, backbone=converted)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(scale * torch.randn(p.shape, generator=g))
+    return model, g

@@ -14,7 +14,7 @@ from soma.utils.checkpoint_io import save_checkpoint_file
 
 sys.path.insert(0, osp.dirname(__file__))
 from _tool_runner import tool_main, tool_subprocess  # noqa: E402
-from _ckpt_fixtures import converted_backbone  # noqa: E402
+from _ckpt_fixtures import converted_backbone, perturbed_tiny_model  # noqa: E402
 
 TINY_CONFIG = osp.join(osp.dirname(__file__), 'tiny_seg_config.py')
 
@@ -24,12 +24,7 @@ def files(tmp_path_factory):
     """A converted backbone, an adapter + head checkpoint of a 'trained' model, two images."""
     root = tmp_path_factory.mktemp('inf')
     save_checkpoint_file(converted_backbone(seed=3), str(root / 'converted.pth'))
-    model = init_model(TINY_CONFIG, backbone=str(root / 'converted.pth'))
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    model, g = perturbed_tiny_model(TINY_CONFIG, str(root / 'converted.pth'), 0.1)
     full = {'state_dict': model.state_dict(),
             'meta': {'soma': model.backbone.checkpoint_meta()}}
     ck.extract_file(full, str(root / 'adapter.pth'))

@@ -27,7 +27,7 @@ from soma.evaluation.submission import (CITYSCAPES_CLASSES, TRAIN_ID_TO_LABEL_ID
 from soma.utils.checkpoint_io import save_checkpoint_file
 
 sys.path.insert(0, osp.dirname(__file__))
-from _ckpt_fixtures import converted_backbone  # noqa: E402
+from _ckpt_fixtures import converted_backbone, perturbed_tiny_model  # noqa: E402
 from _tool_runner import tool_subprocess  # noqa: E402
 
 ONE_THREAD = True
@@ -74,12 +74,8 @@ def checkpoint(tmp_path_factory):
     """A full checkpoint of the tiny segmentor whose predictions use many classes."""
     root = tmp_path_factory.mktemp('ckpt')
     save_checkpoint_file(converted_backbone(seed=3), str(root / 'converted.pth'))
-    model = init_model(TINY_CONFIG, backbone=str(root / 'converted.pth'))
-    g = torch.Generator().manual_seed(0)
+    model, g = perturbed_tiny_model(TINY_CONFIG, str(root / 'converted.pth'), 0.3)
     with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.3 * torch.randn(p.shape, generator=g))
         head = model.decode_head.conv_seg
         head.weight.copy_(3 * torch.randn(head.weight.shape, generator=g))
     path = str(root / 'full.pth')

@@ -22,8 +22,8 @@ from mmengine.logging import print_log
 from soma.utils.checkpoint_io import (CheckpointError, get_state_dict, load_checkpoint_file,
                                       save_checkpoint_file)
 
-__all__ = ['hf_dinov2_to_ours', 'convert_dinov2_state_dict', 'convert_dinov2_checkpoint',
-           'is_hf_dinov2']
+__all__ = ['hf_dinov2_to_ours', 'check_sizes', 'convert_dinov2_state_dict',
+           'convert_dinov2_checkpoint', 'is_hf_dinov2']
 
 REQUIRED_KEYS = ('patch_embed.proj.weight', 'pos_embed', 'cls_token')
 HF_MARKER = 'embeddings.patch_embeddings.projection.weight'
@@ -115,6 +115,16 @@ def _resize_pos_embed(pos_embed, grid_hw):
     return torch.cat([pos_embed[:, :1], patch_pos.to(pos_embed.dtype)], dim=1), side
 
 
+def check_sizes(kernel: int, height: int, width: int) -> None:
+    """A one-line ValueError unless ``height`` and ``width`` are positive multiples of a
+    positive ``kernel``."""
+    if kernel < 1:
+        raise ValueError(f'kernel {kernel} must be >= 1')
+    for name, size in (('height', height), ('width', width)):
+        if size <= 0 or size % kernel:
+            raise ValueError(f'{name} {size} is not a positive multiple of kernel {kernel}')
+
+
 def convert_dinov2_state_dict(state_dict, kernel=16, height=512, width=512):
     """Convert a DINOv2 state dict (official or Hugging Face) to the SoMA backbone layout.
 
@@ -122,11 +132,7 @@ def convert_dinov2_state_dict(state_dict, kernel=16, height=512, width=512):
     new flat dict of tensors; logs what it changed. Raises ValueError (CheckpointError) for
     a dict that is not DINOv2 and for sizes not divisible by ``kernel``.
     """
-    if kernel < 1:
-        raise ValueError(f'kernel {kernel} must be >= 1')
-    for name, size in (('height', height), ('width', width)):
-        if size <= 0 or size % kernel:
-            raise ValueError(f'{name} {size} is not a positive multiple of kernel {kernel}')
+    check_sizes(kernel, height, width)
     state_dict = get_state_dict(state_dict)
     if not isinstance(state_dict, dict):
         raise CheckpointError(f'expected a dict of tensors, got {type(state_dict).__name__}')
@@ -183,11 +189,7 @@ def convert_dinov2_checkpoint(src, dst, kernel=16, height=512, width=512):
     ``dst`` is written atomically (a ``.safetensors`` name gives safetensors). Returns the
     converted state dict. Errors name ``src``; nothing is written on error.
     """
-    if kernel < 1:
-        raise ValueError(f'kernel {kernel} must be >= 1')
-    for name, size in (('height', height), ('width', width)):
-        if size <= 0 or size % kernel:
-            raise ValueError(f'{name} {size} is not a positive multiple of kernel {kernel}')
+    check_sizes(kernel, height, width)
     src = _resolve_source(src)
     print_log(f'loading {src}', logger='current')
     ckpt = load_checkpoint_file(src)
