@@ -8,7 +8,8 @@ deleted file. :class:`SafeCheckpointHook` keeps mmengine's options and changes t
 1. the new checkpoint is written to a temporary file in the same folder, flushed and renamed
    (mmengine's local file backend is :class:`soma.utils.checkpoint_io.AtomicLocalBackend`);
 2. ``last_checkpoint`` is replaced atomically, naming it;
-3. only then the checkpoints beyond ``max_keep_ckpts`` are removed.
+3. only then the checkpoints beyond ``max_keep_ckpts`` are removed; the same for the best
+   checkpoint (``save_best``): the previous best file is removed after the new one is written.
 
 At every moment of a save, ``last_checkpoint`` names a complete file. A full disk ends the
 run with one line naming the folder and the bytes needed, and leaves no partial file.
@@ -96,6 +97,51 @@ class SafeCheckpointHook(CheckpointHook):
                 self.file_backend.remove(path)
             elif self.file_backend.isdir(path):  # deepspeed saves folders
                 self.file_backend.rmtree(path)
+
+    def _save_best_checkpoint(self, runner: Runner, metrics: dict) -> None:
+        # mmengine removes the previous best file before it writes the new one; its removals
+        # are held back here and done once the method (and so the new file) has completed.
+        # When the write fails, the previous best stays the best (path and score).
+        backend = self.file_backend
+        info = runner.message_hub.runtime_info
+        before = (getattr(self, 'best_ckpt_path', None),
+                  dict(getattr(self, 'best_ckpt_path_dict', None) or {}),
+                  {k: v for k, v in info.items() if k.startswith(('best_score', 'best_ckpt'))})
+        self.file_backend = _RemovalsHeldBack(backend)
+        try:
+            super()._save_best_checkpoint(runner, metrics)
+            held_back = self.file_backend.held_back
+        except BaseException:
+            self.best_ckpt_path, paths, best_info = before
+            if getattr(self, 'best_ckpt_path_dict', None) is not None:
+                self.best_ckpt_path_dict = paths
+            for key in [k for k in info if k.startswith(('best_score', 'best_ckpt'))]:
+                info.pop(key)
+            info.update(best_info)
+            raise
+        finally:
+            self.file_backend = backend
+        kept = {self.best_ckpt_path, *(getattr(self, 'best_ckpt_path_dict', None) or {}).values()}
+        for remove, path in held_back:
+            if path not in kept:
+                remove(path)
+
+
+class _RemovalsHeldBack:
+    """A file backend whose ``remove`` / ``rmtree`` are recorded instead of done."""
+
+    def __init__(self, backend) -> None:
+        self._backend = backend
+        self.held_back = []
+
+    def __getattr__(self, name: str):
+        return getattr(self._backend, name)
+
+    def remove(self, path: str) -> None:
+        self.held_back.append((self._backend.remove, path))
+
+    def rmtree(self, path: str) -> None:
+        self.held_back.append((self._backend.rmtree, path))
 
 
 def is_complete_checkpoint(path: str) -> bool:

@@ -186,6 +186,55 @@ def test_an_injected_enospc_leaves_the_previous_checkpoint(data_root, tmp_path, 
     assert not [n for n in os.listdir(work_dir) if n.endswith('.tmp')]
 
 
+def test_the_previous_best_checkpoint_is_removed_only_after_the_new_one_is_whole(
+        data_root, tmp_path, monkeypatch):
+    """``save_best``: mmengine removes the previous best file before writing the new one; here
+    a failed write of the new best leaves the previous best, and a good one replaces it."""
+    import errno
+
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    from soma.apis.train import use_safe_checkpoints
+    from soma.engine import SafeCheckpointHook
+    from soma.utils import checkpoint_io
+    cfg_path, work_dir = _config(data_root, str(tmp_path), iters=3)
+    cfg = use_safe_checkpoints(Config.fromfile(cfg_path))
+    cfg.default_hooks.checkpoint.update(save_best='mIoU', rule='greater')
+    runner = Runner.from_cfg(cfg)
+    hook = next(h for h in runner.hooks if isinstance(h, SafeCheckpointHook))
+    hook.before_train(runner)
+
+    def best_at(step, score):
+        runner.train_loop._iter = step  # the iteration the validation ran after
+        hook.after_val_epoch(runner, {'mIoU': score})
+
+    best_at(1, 10.0)
+    assert _checkpoints(work_dir) == ['best_mIoU_iter_1.pth']
+    real_open = open
+
+    def failing_open(path, mode='r', *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        if 'b' in mode and 'w' in mode and 'best_mIoU_iter_2' in str(path):
+            f.write(b'x' * 1000)
+            f.close()
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        return f
+
+    monkeypatch.setattr(checkpoint_io, 'open', failing_open, raising=False)
+    with pytest.raises(OSError, match=r'disk full: writing .*best_mIoU_iter_2\.pth'):
+        best_at(2, 20.0)
+    assert _checkpoints(work_dir) == ['best_mIoU_iter_1.pth']
+    assert _whole(osp.join(work_dir, 'best_mIoU_iter_1.pth'))
+    assert not [n for n in os.listdir(work_dir) if n.endswith('.tmp')]
+    monkeypatch.undo()
+    best_at(3, 30.0)
+    assert _checkpoints(work_dir) == ['best_mIoU_iter_3.pth']
+    assert _whole(osp.join(work_dir, 'best_mIoU_iter_3.pth'))
+    best_at(4, 5.0)  # not better: nothing changes
+    assert _checkpoints(work_dir) == ['best_mIoU_iter_3.pth']
+
+
 # ------------------------------------------------------------------ checked loads
 def _one_line_error(proc):
     out, err = proc.communicate(timeout=600)
