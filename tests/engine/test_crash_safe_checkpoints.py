@@ -4,6 +4,7 @@ one, else an injected ``ENOSPC``), a damaged newest checkpoint, and checked ``lo
 ``--resume`` inputs. The expectations are independent of the code under test: the folder's
 listing, ``zipfile``'s reading of each file, the iteration the resumed run reaches."""
 import copy
+import errno
 import os
 import os.path as osp
 import random
@@ -155,10 +156,23 @@ def test_a_full_disk_ends_the_run_in_one_line_with_only_whole_files(data_root, t
     assert not [n for n in os.listdir(work_dir) if n.endswith('.tmp')]
 
 
+def _disk_full_when(fails):
+    """An ``open`` whose binary writes to a path for which ``fails(path)`` holds write 1000
+    bytes, then fail as a full disk does."""
+    real_open = open
+
+    def failing_open(path, mode='r', *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        if 'b' in mode and 'w' in mode and fails(path):
+            f.write(b'x' * 1000)
+            f.close()
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        return f
+    return failing_open
+
+
 def test_an_injected_enospc_leaves_the_previous_checkpoint(data_root, tmp_path, monkeypatch):
     """The same as above in-process, without a mount: the second save's write fails."""
-    import errno
-
     from mmengine.runner import Runner
 
     from soma.apis.train import use_safe_checkpoints
@@ -167,19 +181,12 @@ def test_an_injected_enospc_leaves_the_previous_checkpoint(data_root, tmp_path, 
     from mmengine.config import Config
     cfg = use_safe_checkpoints(Config.fromfile(cfg_path))
     writes = []
-    real_open = open
 
-    def failing_open(path, mode='r', *args, **kwargs):
-        f = real_open(path, mode, *args, **kwargs)
-        if 'b' in mode and 'w' in mode:
-            writes.append(path)
-            if len(writes) == 2:  # the second checkpoint: the disk fills up half-way
-                f.write(b'x' * 1000)
-                f.close()
-                raise OSError(errno.ENOSPC, 'No space left on device')
-        return f
+    def second_write(path):  # the second checkpoint: the disk fills up half-way
+        writes.append(path)
+        return len(writes) == 2
 
-    monkeypatch.setattr(checkpoint_io, 'open', failing_open, raising=False)
+    monkeypatch.setattr(checkpoint_io, 'open', _disk_full_when(second_write), raising=False)
     with pytest.raises(OSError, match=r'disk full: writing .*iter_2\.pth needs about'):
         Runner.from_cfg(cfg).train()
     assert _checkpoints(work_dir) == ['iter_1.pth'] and _whole(osp.join(work_dir, 'iter_1.pth'))
@@ -190,8 +197,6 @@ def test_the_previous_best_checkpoint_is_removed_only_after_the_new_one_is_whole
         data_root, tmp_path, monkeypatch):
     """``save_best``: mmengine removes the previous best file before writing the new one; here
     a failed write of the new best leaves the previous best, and a good one replaces it."""
-    import errno
-
     from mmengine.config import Config
     from mmengine.runner import Runner
 
@@ -211,17 +216,9 @@ def test_the_previous_best_checkpoint_is_removed_only_after_the_new_one_is_whole
 
     best_at(1, 10.0)
     assert _checkpoints(work_dir) == ['best_mIoU_iter_1.pth']
-    real_open = open
-
-    def failing_open(path, mode='r', *args, **kwargs):
-        f = real_open(path, mode, *args, **kwargs)
-        if 'b' in mode and 'w' in mode and 'best_mIoU_iter_2' in str(path):
-            f.write(b'x' * 1000)
-            f.close()
-            raise OSError(errno.ENOSPC, 'No space left on device')
-        return f
-
-    monkeypatch.setattr(checkpoint_io, 'open', failing_open, raising=False)
+    monkeypatch.setattr(checkpoint_io, 'open',
+                        _disk_full_when(lambda path: 'best_mIoU_iter_2' in str(path)),
+                        raising=False)
     with pytest.raises(OSError, match=r'disk full: writing .*best_mIoU_iter_2\.pth'):
         best_at(2, 20.0)
     assert _checkpoints(work_dir) == ['best_mIoU_iter_1.pth']
