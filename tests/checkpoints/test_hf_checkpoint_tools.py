@@ -32,7 +32,7 @@ from soma.models.peft_backbone import (init_soma_after_weights, merge_and_unload
 from soma.utils.checkpoint_io import CheckpointError, load_checkpoint_file, save_checkpoint_file
 
 sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'tools'))  # shared helpers
-from _tool_runner import tool_main  # noqa: E402
+from _tool_runner import tool_main, tool_opens  # noqa: E402
 
 SIZE = 64
 R, ALPHA = 4, 8  # s = 2
@@ -222,6 +222,16 @@ def test_dgod_extract_keeps_the_same_hf_backbone_keys(adapters):
     for path, full in adapters.values():
         adapter = load_checkpoint_file(path)
         assert set(extract_soma_dgod_weights(full)['state_dict']) == set(adapter['state_dict'])
+
+
+@pytest.mark.parametrize('kind', ['soma', 'pissa'])
+def test_merge_reads_the_folder_config_and_the_adapter_once(folder, adapters, tmp_path, kind):
+    """(safetensors weights are read by Rust code that Python's audit does not see)"""
+    adapter, _ = adapters[kind]
+    counts = tool_opens('merge_soma_weights.py', [osp.join(folder, 'config.json'), adapter],
+                        '--backbone_ckpt', folder, '--soma_ckpt', adapter,
+                        '--merged_ckpt', tmp_path / 'merged.pth')
+    assert counts == {'config.json': 1, osp.basename(adapter): 1}
 
 
 def _merge_fails(capsys, backbone, adapter, out):

@@ -1,11 +1,9 @@
 """Each tool call reads each input file once: extract (adapter file and peft folder from one
 read of the trained checkpoint), merge (with and without the peft folder) and
-generate_full_weights. The count is Python's own record of opened files (``sys.audit``'s
-``open`` event), taken in a fresh interpreter running the real tool."""
-import json
-import os
+generate_full_weights; an HF backbone folder's ``config.json`` is read once too
+(tests/checkpoints/test_hf_checkpoint_tools.py). The count is Python's own record of opened
+files (``sys.audit``'s ``open`` event), taken in a fresh interpreter running the real tool."""
 import os.path as osp
-import subprocess
 import sys
 
 import pytest
@@ -16,26 +14,7 @@ from soma.utils.checkpoint_io import save_checkpoint_file
 
 sys.path.insert(0, osp.join(osp.dirname(osp.dirname(__file__)), 'tools'))  # shared helpers
 from _ckpt_fixtures import converted_backbone, release_full_checkpoint  # noqa: E402
-
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-COUNT_OPENS = r'''
-import collections, json, os, runpy, sys
-watch = {os.path.realpath(p) for p in os.environ['WATCH'].split(os.pathsep)}
-opened = collections.Counter()
-def hook(event, args):
-    if event == 'open' and isinstance(args[0], (str, bytes, os.PathLike)):
-        path = os.path.realpath(os.fsdecode(args[0]))
-        if path in watch:
-            opened[os.path.basename(path)] += 1
-sys.addaudithook(hook)
-sys.argv = sys.argv[1:]
-try:
-    runpy.run_path(sys.argv[0], run_name='__main__')
-    code = 0
-except SystemExit as e:
-    code = e.code
-print('OPENED', json.dumps(dict(opened)), code)
-'''
+from _tool_runner import tool_opens  # noqa: E402
 
 
 @pytest.fixture(scope='module')
@@ -53,22 +32,10 @@ def files(tmp_path_factory):
     return root
 
 
-def _opened(tool, watch, *args):
-    out = subprocess.run([sys.executable, '-c', COUNT_OPENS, osp.join(REPO, 'tools', tool),
-                          *map(str, args)], capture_output=True, text=True, cwd=REPO,
-                         env=dict(os.environ, WATCH=os.pathsep.join(map(str, watch))),
-                         timeout=600)
-    line = [l for l in out.stdout.splitlines() if l.startswith('OPENED ')]
-    assert line, out.stderr[-2000:]
-    counts, code = line[-1][len('OPENED '):].rsplit(' ', 1)
-    assert code == '0', out.stderr[-2000:]
-    return json.loads(counts)
-
-
 def test_extract_reads_the_trained_checkpoint_once(files):
-    counts = _opened('extract_soma_weights.py', [files / 'full.pth', files / 'converted.pth'],
-                     '--final_ckpt', files / 'full.pth', '--soma_ckpt', files / 'out.pth',
-                     '--peft-dir', files / 'out_peft', '--backbone', files / 'converted.pth')
+    counts = tool_opens('extract_soma_weights.py', [files / 'full.pth', files / 'converted.pth'],
+                        '--final_ckpt', files / 'full.pth', '--soma_ckpt', files / 'out.pth',
+                        '--peft-dir', files / 'out_peft', '--backbone', files / 'converted.pth')
     assert counts == {'full.pth': 1, 'converted.pth': 1}
     assert osp.isfile(files / 'out.pth') and osp.isdir(files / 'out_peft')
 
@@ -76,15 +43,16 @@ def test_extract_reads_the_trained_checkpoint_once(files):
 @pytest.mark.parametrize('peft_dir', [False, True])
 def test_merge_reads_backbone_and_adapter_once(files, peft_dir):
     extra = ['--peft-dir', files / 'peft'] if peft_dir else []
-    counts = _opened('merge_soma_weights.py', [files / 'converted.pth', files / 'adapter.pth'],
-                     '--backbone_ckpt', files / 'converted.pth', '--soma_ckpt',
-                     files / 'adapter.pth', '--merged_ckpt', files / f'merged{peft_dir}.pth',
-                     *extra)
+    counts = tool_opens('merge_soma_weights.py', [files / 'converted.pth', files / 'adapter.pth'],
+                        '--backbone_ckpt', files / 'converted.pth', '--soma_ckpt',
+                        files / 'adapter.pth', '--merged_ckpt', files / f'merged{peft_dir}.pth',
+                        *extra)
     assert counts == {'converted.pth': 1, 'adapter.pth': 1}
 
 
 def test_generate_full_weights_reads_each_input_once(files):
-    counts = _opened('generate_full_weights.py', [files / 'converted.pth', files / 'adapter.pth'],
-                     '--backbone_ckpt', files / 'converted.pth', '--soma_ckpt',
-                     files / 'adapter.pth', '--out', files / 'folded.pth', '--merge-adapters')
+    counts = tool_opens('generate_full_weights.py',
+                        [files / 'converted.pth', files / 'adapter.pth'],
+                        '--backbone_ckpt', files / 'converted.pth', '--soma_ckpt',
+                        files / 'adapter.pth', '--out', files / 'folded.pth', '--merge-adapters')
     assert counts == {'converted.pth': 1, 'adapter.pth': 1}

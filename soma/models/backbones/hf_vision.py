@@ -98,34 +98,38 @@ def _torch_dtype(dtype):
 def build_hf_vision_model(model, dtype=None):
     """``(transformers model, family)`` from a folder (``from_pretrained``) or a config dict
     with ``model_type`` (random initialisation), its weights in ``dtype`` (default float32,
-    whatever dtype the folder stores)."""
+    whatever dtype the folder stores). A folder's ``config.json`` is read once."""
     import transformers  # optional dependency, heavy
     dtype = _torch_dtype(dtype)
     if isinstance(model, dict):
-        fields = dict(model)
-        model_type = fields.pop('model_type', None)
-        if model_type is None:
-            raise ValueError(f'HFVisionBackbone: the model dict needs a model_type, got keys '
-                             f'{sorted(fields)}')
-        family = _family_of(model_type, 'the model dict')
-        fields.update(family.config_overrides)
-        config = transformers.AutoConfig.for_model(model_type, **fields)
-        model_class = getattr(transformers, family.model_class)
-        return model_class._from_config(config, dtype=dtype), family
-    if not isinstance(model, (str, os.PathLike)):
+        fields, where, folder = dict(model), 'the model dict', None
+    elif isinstance(model, (str, os.PathLike)):
+        folder = os.fspath(model)
+        where = osp.join(folder, 'config.json')
+        if not osp.isfile(where):
+            raise FileNotFoundError(
+                f'HFVisionBackbone: {where} not found (model must be a transformers folder '
+                f'with config.json and weights, as save_pretrained writes it)')
+        with open(where, encoding='utf-8') as f:
+            fields = json.load(f)
+        if not isinstance(fields, dict):
+            raise ValueError(f'HFVisionBackbone: {where} holds no JSON object')
+    else:
         raise TypeError(f'HFVisionBackbone: model must be a folder or a config dict, '
                         f'got {type(model).__name__}')
-    folder = os.fspath(model)
-    config_file = osp.join(folder, 'config.json')
-    if not osp.isfile(config_file):
-        raise FileNotFoundError(
-            f'HFVisionBackbone: {config_file} not found (model must be a transformers folder '
-            f'with config.json and weights, as save_pretrained writes it)')
-    with open(config_file, encoding='utf-8') as f:
-        model_type = json.load(f).get('model_type')
-    family = _family_of(model_type, config_file)
-    cls = getattr(transformers, family.model_class)
-    return cls.from_pretrained(folder, dtype=dtype, **dict(family.config_overrides)), family
+    if fields.get('model_type') is None:
+        raise ValueError(f'HFVisionBackbone: {where} needs a model_type, got keys '
+                         f'{sorted(fields)}')
+    family = _family_of(fields['model_type'], where)
+    model_class = getattr(transformers, family.model_class)
+    config = transformers.AutoConfig.for_model(**fields)
+    if not isinstance(config, model_class.config_class):  # an image-text folder: its vision part
+        config = config.vision_config
+    for key, value in family.config_overrides:
+        setattr(config, key, value)
+    if folder is None:
+        return model_class._from_config(config, dtype=dtype), family
+    return model_class.from_pretrained(folder, config=config, dtype=dtype), family
 
 
 def hf_backbone_weights(folder):
