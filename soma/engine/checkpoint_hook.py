@@ -19,6 +19,7 @@ the newest complete checkpoint of the work dir (a damaged or missing newer one i
 with one warning). :class:`CheckpointCheckHook` checks what ``load_from`` / ``resume`` loads
 as ``tools/test.py`` does, before any weight is touched.
 """
+import copy
 import glob
 import logging
 import os
@@ -42,6 +43,7 @@ __all__ = ['SafeCheckpointHook', 'CheckpointCheckHook', 'find_resumable_checkpoi
            'is_complete_checkpoint', 'LAST_CHECKPOINT']
 
 LAST_CHECKPOINT = 'last_checkpoint'  # mmengine's pointer file in the work dir
+_BEST_INFO = ('best_score', 'best_ckpt')  # mmengine's message-hub keys of the best checkpoint
 _STEP_FILE = re.compile(r'(?:iter|epoch)_(\d+)\.pth$')
 # what soma.utils.atomic leaves behind when a save is killed: .<target>.<random>.tmp
 _LEFTOVER = re.compile(r'\.(?:(?:iter|epoch)_\d+\.pth|best_.*\.pth|last_checkpoint)\.\w+\.tmp')
@@ -101,27 +103,28 @@ class SafeCheckpointHook(CheckpointHook):
     def _save_best_checkpoint(self, runner: Runner, metrics: dict) -> None:
         # mmengine removes the previous best file before it writes the new one; its removals
         # are held back here and done once the method (and so the new file) has completed.
-        # When the write fails, the previous best stays the best (path and score).
-        backend = self.file_backend
+        # When the write fails, the previous best stays the best (its path and score).
+        if not self.save_best:
+            return
         info = runner.message_hub.runtime_info
-        before = (getattr(self, 'best_ckpt_path', None),
-                  dict(getattr(self, 'best_ckpt_path_dict', None) or {}),
-                  {k: v for k, v in info.items() if k.startswith(('best_score', 'best_ckpt'))})
+        hook_state = {k: copy.copy(v) for k, v in vars(self).items()
+                      if k in ('best_ckpt_path', 'best_ckpt_path_dict')}
+        info_state = {k: v for k, v in info.items() if k.startswith(_BEST_INFO)}
+        backend = self.file_backend
         self.file_backend = _RemovalsHeldBack(backend)
         try:
             super()._save_best_checkpoint(runner, metrics)
             held_back = self.file_backend.held_back
         except BaseException:
-            self.best_ckpt_path, paths, best_info = before
-            if getattr(self, 'best_ckpt_path_dict', None) is not None:
-                self.best_ckpt_path_dict = paths
-            for key in [k for k in info if k.startswith(('best_score', 'best_ckpt'))]:
-                info.pop(key)
-            info.update(best_info)
+            vars(self).update(hook_state)
+            for key in [k for k in info if k.startswith(_BEST_INFO)]:
+                del info[key]
+            info.update(info_state)
             raise
         finally:
             self.file_backend = backend
-        kept = {self.best_ckpt_path, *(getattr(self, 'best_ckpt_path_dict', None) or {}).values()}
+        kept = {getattr(self, 'best_ckpt_path', None),
+                *(getattr(self, 'best_ckpt_path_dict', None) or {}).values()}
         for remove, path in held_back:
             if path not in kept:
                 remove(path)
