@@ -38,7 +38,7 @@ import time
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from torch import nn
 
 from soma.apis.inference import init_model
@@ -234,8 +234,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--out', default='work_dirs/benchmark.json', help='json output')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='config overrides, key=value')
+    parser.add_cfg_options()
     return parser.parse_args(argv)
 
 

@@ -16,7 +16,7 @@ import logging
 import os
 import os.path as osp
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.logging import print_log
 from torch import nn
 
@@ -140,8 +140,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='free batch dimension (default: batch 1)')
     parser.add_argument('--no-check', action='store_true',
                         help='skip the onnxruntime vs PyTorch check after export')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value')
+    parser.add_cfg_options()
     return parser.parse_args(argv)
 
 

@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence, Union
 import mmcv
 import numpy as np
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.dataset import Compose, pseudo_collate
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import init_default_scope
@@ -253,8 +253,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--tta', action='store_true', help='test-time augmentation')
     parser.add_argument('--save_dir', '--save-dir', dest='save_dir', default='work_dirs/vis')
     parser.add_argument('--device', default='cpu')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='config overrides, key=value')
+    parser.add_cfg_options()
     return parser.parse_args(argv)
 
 

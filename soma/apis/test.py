@@ -27,7 +27,7 @@ import argparse
 from typing import List, Optional, Union
 
 from mmdet.evaluation import DumpDetResults
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.model import is_model_wrapper
 from soma.apis.launch import (amp_autocast, check_data_roots, config_keys_named, cpu_threads,
                               leaf_datasets, load_config, run_cli, set_work_dir, setup_launcher)
@@ -63,8 +63,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--work-dir', help='folder for the logs and metrics')
     parser.add_argument('--amp', action='store_true',
                         help='mixed precision: autocast to bfloat16 where supported, else float16')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value')
+    parser.add_cfg_options()
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)

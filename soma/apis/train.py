@@ -27,7 +27,7 @@ import logging
 import os.path as osp
 from typing import List, Optional, Union
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
@@ -60,8 +60,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
              'from the given checkpoint')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the lr by the actual total batch / the release batch')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value')
+    parser.add_cfg_options()
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)

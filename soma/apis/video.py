@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.dataset import Compose
 from mmengine.utils import ProgressBar
 
@@ -119,8 +119,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--batch-size', type=int, default=4, help='frames per forward')
     parser.add_argument('--labels-dir', help='also write one label PNG per frame here')
     parser.add_argument('--opacity', type=float, default=0.5, help='overlay colour opacity')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value')
+    parser.add_cfg_options()
     return parser.parse_args(argv)
 
 

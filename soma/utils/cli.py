@@ -19,6 +19,7 @@ import sys
 import time
 from typing import Callable, Iterator, NoReturn, Sequence, Tuple
 
+from mmengine.config import DictAction
 from mmengine.config.utils import ConfigParsingError
 
 __all__ = ['USER_ERRORS', 'InputsFailed', 'run_cli', 'one_line', 'prefix_error',
@@ -118,3 +119,8 @@ class ArgumentParser(argparse.ArgumentParser):
         """Report ``message`` in one line and exit with 1."""
         _report(f'{self.prog}: {message} (see {self.prog} --help)')
         sys.exit(1)
+
+    def add_cfg_options(self) -> None:
+        """mmengine's ``--cfg-options key=value ...`` config overrides."""
+        self.add_argument('--cfg-options', nargs='+', action=DictAction,
+                          help='override config settings, key=value')

@@ -10,6 +10,7 @@ import os
 import os.path as osp
 import sys
 
+import cv2
 import numpy as np
 import torch
 from mmseg.structures import SegDataSample
@@ -138,6 +139,16 @@ def adapter_only(full, out):
 def random_images(n, h, w, seed=0):
     """``n`` BGR uint8 images ``h x w x 3``."""
     return np.random.RandomState(seed).randint(0, 256, (n, h, w, 3), dtype=np.uint8)
+
+
+def decoded_frames(path):
+    """Every frame opencv decodes from the video at ``path`` (BGR uint8)."""
+    cap, frames = cv2.VideoCapture(str(path)), []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            return frames
+        frames.append(frame)
 
 
 def as_graph_input(images_bgr):

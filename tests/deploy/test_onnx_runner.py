@@ -22,8 +22,8 @@ from soma.datasets import make_synthetic_dg_benchmark
 from soma.deploy import runtime
 
 sys.path.insert(0, osp.dirname(__file__))
-from _deploy_fixtures import (DINOV2, REPO, SOMA, converted_dinov2, tool_main,  # noqa: E402
-                              trained_checkpoint, write_config)
+from _deploy_fixtures import (DINOV2, REPO, SOMA, converted_dinov2,  # noqa: E402
+                              decoded_frames, tool_main, trained_checkpoint, write_config)
 
 ONE_THREAD = True  # see tests/conftest.py
 CROP, STRIDE = (64, 64), (43, 43)
@@ -191,15 +191,6 @@ def _video(path, frames, fps=5):
     return str(path)
 
 
-def _decoded_frames(path):
-    cap, frames = cv2.VideoCapture(str(path)), []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            return frames
-        frames.append(frame)
-
-
 def test_whole_images_folder_and_video(setup, whole, tmp_path):
     """Whole-image runner (fixed batch 1) on two images, a folder and a video: labels vs
     mmseg's inference on the same (decoded) pixels."""
@@ -217,14 +208,14 @@ def test_whole_images_folder_and_video(setup, whole, tmp_path):
     for name, src in (('a', folder / 'a.png'), ('b', folder / 'b.jpg')):
         want = inference_model(whole['model'], str(src)).pred_sem_seg.data[0].numpy()
         assert (read_label(out / 'labels' / f'{name}.png') == want).mean() >= 0.999
-    decoded = _decoded_frames(video)
+    decoded = decoded_frames(video)
     assert len(decoded) == 3
     assert sorted(os.listdir(out / 'labels' / 'clip')) == ['000000.png', '000001.png',
                                                           '000002.png']
     for i, frame in enumerate(decoded):
         want = inference_model(whole['model'], frame).pred_sem_seg.data[0].numpy()
         assert (read_label(out / 'labels' / 'clip' / f'{i:06d}.png') == want).mean() >= 0.999
-    overlay = _decoded_frames(out / 'clip_overlay.mp4')
+    overlay = decoded_frames(out / 'clip_overlay.mp4')
     assert len(overlay) == 3 and overlay[0].shape == decoded[0].shape
     assert not [n for n in os.listdir(out) if n.startswith('.')]  # no temporary file left
 

@@ -14,20 +14,11 @@ from soma.datasets import make_synthetic_dg_benchmark
 from soma.deploy.runtime import blend
 
 sys.path.insert(0, osp.dirname(__file__))
-from _deploy_fixtures import (DINOV2, SOMA, converted_dinov2, tool_main,  # noqa: E402
-                              trained_checkpoint, write_config)
+from _deploy_fixtures import (DINOV2, SOMA, converted_dinov2, decoded_frames,  # noqa: E402
+                              tool_main, trained_checkpoint, write_config)
 
 ONE_THREAD = True  # see tests/conftest.py
 H, W, FRAMES = 64, 96, 5
-
-
-def _decoded(path):
-    cap, frames = cv2.VideoCapture(str(path)), []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            return frames
-        frames.append(frame)
 
 
 @pytest.fixture(scope='module')
@@ -50,7 +41,7 @@ def setup(tmp_path_factory):
     for i in range(FRAMES):
         writer.write(np.roll(scene, 9 * i, axis=1))
     writer.release()
-    frames = _decoded(video)
+    frames = decoded_frames(video)
     assert len(frames) == FRAMES and frames[0].shape == (H, W, 3)
     model = init_model(config, ckpt)
     want = [inference_model(model, f).pred_sem_seg.data[0].numpy() for f in frames]
@@ -62,7 +53,7 @@ def _check_outputs(setup, out, labels_dir, share):
     for i, want in enumerate(setup['want']):
         label = cv2.imread(str(labels_dir / f'{i:06d}.png'), cv2.IMREAD_UNCHANGED)
         assert label.dtype == np.uint8 and (label == want).mean() >= share, i
-    overlay = _decoded(out)
+    overlay = decoded_frames(out)
     assert len(overlay) == FRAMES and overlay[0].shape == (H, W, 3)
     # mp4v is lossy: the decoded overlay is close to the blend, not equal
     expected = blend(setup['frames'][2], setup['want'][2], setup['palette'])
