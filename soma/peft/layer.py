@@ -186,11 +186,15 @@ class SoMALinear(nn.Linear):
         return self
 
     @torch.no_grad()
-    def to_linear(self) -> nn.Linear:
-        """A plain ``nn.Linear`` computing the same function (weight ``W_res + s*B@A``)."""
+    def to_linear(self, with_adapter: bool = True) -> nn.Linear:
+        """A plain ``nn.Linear`` computing the same function (weight ``W_res + s*B@A``); with
+        ``with_adapter=False`` the stored weight alone (``W_res``: the adapter dropped)."""
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
                            device=self.weight.device, dtype=self.weight.dtype)
-        weight = self.weight if self.merged else self.weight + self._delta().to(self.weight.dtype)
+        weight = self.weight
+        if self.merged != with_adapter:  # add the delta, or take it out again
+            delta = self._delta().to(weight.dtype)
+            weight = weight + delta if with_adapter else weight - delta
         linear.weight.copy_(weight)
         if self.bias is not None:
             linear.bias.copy_(self.bias)

@@ -321,5 +321,13 @@ class SoMAModel(nn.Module):
             _set_submodule(self.model, name, layer.to_linear())
         return self.model
 
+    def unload(self) -> nn.Module:
+        """Replace every ``SoMALinear`` by a plain ``nn.Linear`` holding its stored weight
+        (W_res for this project's semantics; the adapters dropped, not merged); return the
+        inner model."""
+        for name, layer in self.adapted_layers().items():
+            _set_submodule(self.model, name, layer.to_linear(with_adapter=False))
+        return self.model
+
 
 SoraModel = SoMAModel

@@ -107,19 +107,4 @@ class SoMATuner(BackboneAdapter):
         return self.soma_model.merge_and_unload()
 
     def unload(self) -> nn.Module:
-        """Every ``SoMALinear`` replaced by a plain ``nn.Linear`` with its stored weight (W_res
-        for this project's semantics) and bias."""
-        backbone = self.backbone
-        with torch.no_grad():
-            for name, layer in self.adapted_layers().items():
-                if layer.merged:
-                    layer.unmerge()
-                plain = nn.Linear(layer.in_features, layer.out_features,
-                                  bias=layer.bias is not None, device=layer.weight.device,
-                                  dtype=layer.weight.dtype)
-                plain.weight.copy_(layer.weight)
-                if layer.bias is not None:
-                    plain.bias.copy_(layer.bias)
-                parent, _, child = name.rpartition('.')
-                setattr(backbone.get_submodule(parent) if parent else backbone, child, plain)
-        return backbone
+        return self.soma_model.unload()
