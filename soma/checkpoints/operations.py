@@ -78,16 +78,21 @@ def merge_soma_weights(backbone_ckpt: CheckpointLike, adapter_ckpt: CheckpointLi
     backbone = read_converted_backbone(backbone_ckpt)
     adapter = load_soma_checkpoint_file(adapter_ckpt)
     with inputs_named(backbone=backbone_ckpt, adapter=adapter_ckpt):  # they may not fit
-        merged = _merge(backbone, adapter, device)  # its own checks first: shapes, keys, meta
-    check_backbone_fingerprint(adapter, backbone, backbone_ckpt, adapter_ckpt, check_fingerprint)
-    return merged
+        return _merge(backbone, backbone_ckpt, adapter, adapter_ckpt, device, check_fingerprint)
 
 
-def _merge(backbone: dict, adapter_ckpt: dict, device: Device) -> dict:
-    """The merge of the method that wrote ``adapter_ckpt`` (both already read)."""
+def _merge(backbone: dict, backbone_source: CheckpointLike, adapter_ckpt: dict,
+           adapter_source: CheckpointLike, device: Device, check_fingerprint: bool) -> dict:
+    """The merge of the method that wrote ``adapter_ckpt`` (both already read; the sources
+    name them in errors), then the backbone's fingerprint check (after the merge's own checks
+    of shapes, keys and meta)."""
     if _peft_method(adapter_ckpt, 'adapter checkpoint'):
-        return merge_peft(backbone, adapter_ckpt, device=device)
-    return merge_soma(backbone, adapter_ckpt, device=device)
+        merged = merge_peft(backbone, adapter_ckpt, device=device)
+    else:
+        merged = merge_soma(backbone, adapter_ckpt, device=device)
+    check_backbone_fingerprint(adapter_ckpt, backbone, backbone_source, adapter_source,
+                               check_fingerprint)
+    return merged
 
 
 def fold_adapters(full_ckpt: CheckpointLike) -> dict:
@@ -140,10 +145,8 @@ def prepare_checkpoint(checkpoint: CheckpointLike, backbone: Optional[Checkpoint
             raise CheckpointError(
                 f'{file_name(checkpoint, "checkpoint")}: --backbone given but the checkpoint '
                 f'has no adapter keys to merge with it')
-        weights = read_converted_backbone(backbone)
-        merged = _merge(weights, ckpt, device)
-        check_backbone_fingerprint(ckpt, weights, backbone, checkpoint, check_fingerprint)
-        ckpt = merged
+        ckpt = _merge(read_converted_backbone(backbone), backbone, ckpt, checkpoint, device,
+                      check_fingerprint)
     return ckpt
 
 
@@ -212,9 +215,8 @@ def complete_checkpoint(model: nn.Module, checkpoint: dict, source: CheckpointLi
     full_ema = {EMA_PREFIX + k: v for k, v in full.items()}
     if adapter is not None and any(BACKBONE_PREFIX + k in state_dict
                                    for k in adapter.adapter_keys()):
-        merged = _merge(converted, checkpoint, next(target.parameters()).device)
-        check_backbone_fingerprint(checkpoint, converted, source, 'the loaded checkpoint',
-                                   check_fingerprint)
+        merged = _merge(converted, source, checkpoint, 'the loaded checkpoint',
+                        next(target.parameters()).device, check_fingerprint)
         full = {k: v for k, v in merged['state_dict'].items() if k in full}
         full_ema = {k: v for k, v in merged.get(EMA_STATE_DICT, full_ema).items()
                     if k in full_ema}
