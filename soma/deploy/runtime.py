@@ -19,11 +19,12 @@ logits resized bilinearly back to the input's size and the arg-max. The graph no
 its RGB 0..255 input itself. Windows (or frames) go through the graph ``--batch-size`` at a
 time when its batch dimension is free, one at a time otherwise.
 
-This module imports no torch, no OpenMMLab and nothing of ``soma``: ``import soma`` imports
-torch and registers every model, so ``tools/deploy/onnx_infer.py`` loads this file by its
-path instead of importing the package (see README, developer notes).
+This module imports no torch, no OpenMMLab and, loaded from its file, nothing of ``soma``:
+``import soma`` imports torch and registers every model, so ``tools/deploy/onnx_infer.py``
+loads this file by its path instead of importing the package (see README, developer notes).
 """
 import argparse
+import collections
 import importlib.util
 import json
 import os
@@ -45,9 +46,14 @@ def _module_from_file(name: str, relative: str):
     return module
 
 
-# the project's one atomic writer (pure Python), loaded from its file: this module stays
-# free of soma, hence of torch
-atomic_output = _module_from_file('soma_atomic', osp.join('utils', 'atomic.py')).atomic_output
+# the project's one atomic writer (pure Python): imported when this module is soma.deploy's
+# (the package, hence torch, is loaded already), loaded from its file when this module was
+# (tools/deploy/onnx_infer.py): it stays free of soma, hence of torch
+if __package__:
+    from ..utils.atomic import atomic_output
+else:
+    atomic_output = _module_from_file('soma_atomic',
+                                      osp.join('utils', 'atomic.py')).atomic_output
 
 __all__ = ['DeployError', 'META_PREFIX', 'IMAGE_EXTS', 'VIDEO_EXTS', 'read_metadata',
            'OnnxSegmentor', 'resize_image', 'resize_logits', 'slide_windows', 'colorize',
@@ -132,10 +138,11 @@ class OnnxSegmentor:
         if self.fixed_batch not in (None, 1):
             raise DeployError(f'{path}: a fixed batch of {n}; export with batch 1 or '
                               f'--dynamic-batch')
+        if batch_size is not None and int(batch_size) < 1:
+            raise DeployError(f'batch size must be >= 1, got {batch_size}')
         default = self.meta.get('slide_batch_size') or 8
-        self.batch_size = 1 if self.fixed_batch else int(batch_size or default)
-        if self.batch_size < 1:
-            raise DeployError(f'batch size must be >= 1, got {self.batch_size}')
+        self.batch_size = 1 if self.fixed_batch else int(
+            default if batch_size is None else batch_size)
         self.classes = list(self.meta.get('classes') or [])
         self.palette = self.meta.get('palette') or []
         self.mode = self.meta.get('test_mode', 'whole')
@@ -324,7 +331,7 @@ def list_inputs(inputs) -> list:
                                   f'({", ".join(VIDEO_EXTS)})')
             found.append(('video' if ext in VIDEO_EXTS else 'image', path))
     names = [osp.splitext(osp.basename(p))[0] for _, p in found]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    duplicates = sorted(n for n, count in collections.Counter(names).items() if count > 1)
     if duplicates:
         raise DeployError(f'two inputs named {duplicates[0]!r}: outputs are named by the '
                           f'input file name, rename one')

@@ -103,6 +103,16 @@ def test_metadata_of_the_export(setup):
                                   interpolation='bilinear')
     assert len(meta['classes']) == 19 and len(meta['palette']) == 19
     assert model.input_hw == CROP and model.fixed_batch is None and model.batch_size == 8
+    for bad in (0, -1):  # not the default in disguise
+        with pytest.raises(runtime.DeployError, match=f'batch size must be >= 1, got {bad}'):
+            runtime.OnnxSegmentor(setup['onnx'], batch_size=bad)
+
+
+def test_the_runtime_shares_the_one_atomic_writer():
+    """Imported as soma.deploy.runtime, its writer is soma.utils.atomic's (one DiskFullError
+    class); loaded from its file by onnx_infer.py, it loads that file itself."""
+    import soma.utils.atomic
+    assert runtime.atomic_output is soma.utils.atomic.atomic_output
 
 
 def test_slide_labels_equal_tools_test(setup, tmp_path):
