@@ -34,7 +34,7 @@ from soma.checkpoints.layout import CheckpointLike, Device, PathLike
 from soma.deploy.runtime import colorize, write_png  # numpy/opencv only: shared with ONNX
 from soma.utils.cli import ArgumentParser, InputsFailed, run_cli
 
-__all__ = ['init_model', 'inference_model', 'test_pipeline_of',
+__all__ = ['init_model', 'inference_model', 'without_annotations', 'test_pipeline_of',
            'colorize', 'read_image', 'visualize', 'parse_args', 'main', 'CITYSCAPES_PALETTE']
 
 # Cityscapes train-id palette (19 classes), RGB
@@ -132,12 +132,28 @@ def _find_pipeline(node):
     return None
 
 
+def without_annotations(pipeline: Sequence[dict]) -> List[dict]:
+    """Copies of ``pipeline``'s transforms without ``LoadAnnotations`` (also inside
+    ``TestTimeAug``): the pipeline for images that have no labels."""
+    kept = []
+    for t in copy.deepcopy(list(pipeline)):
+        if t.get('type') == 'LoadAnnotations':
+            continue
+        t = dict(t)
+        if t.get('type') == 'TestTimeAug':
+            groups = [[a for a in group if a.get('type') != 'LoadAnnotations']
+                      for group in t['transforms']]
+            t['transforms'] = [g for g in groups if g]
+        kept.append(t)
+    return kept
+
+
 def test_pipeline_of(cfg: Config, for_arrays: bool = False) -> List[dict]:
     """The inference pipeline: ``cfg.test_pipeline``, else the test dataset's, without labels."""
     pipeline = cfg.get('test_pipeline') or _find_pipeline(
         (cfg.get('test_dataloader') or {}).get('dataset')) or [
             dict(type='LoadImageFromFile'), dict(type='PackSegInputs')]
-    pipeline = [dict(t) for t in copy.deepcopy(pipeline) if t.get('type') != 'LoadAnnotations']
+    pipeline = without_annotations(pipeline)
     if for_arrays:
         pipeline[0]['type'] = 'LoadImageFromNDArray'
     return pipeline
@@ -149,13 +165,7 @@ def _tta_pipeline(cfg, for_arrays=False):
         transforms=[[dict(type='RandomFlip', prob=0., direction='horizontal'),
                      dict(type='RandomFlip', prob=1., direction='horizontal')],
                     [dict(type='PackSegInputs')]])]
-    pipeline = copy.deepcopy(cfg.get('tta_pipeline') or default)
-    pipeline = [dict(t) for t in pipeline]
-    for t in pipeline:
-        if t.get('type') == 'TestTimeAug':
-            t['transforms'] = [[a for a in group if a.get('type') != 'LoadAnnotations']
-                               for group in t['transforms']]
-            t['transforms'] = [g for g in t['transforms'] if g]
+    pipeline = without_annotations(cfg.get('tta_pipeline') or default)
     if for_arrays:
         pipeline[0]['type'] = 'LoadImageFromNDArray'
     return pipeline

@@ -29,6 +29,7 @@ from typing import List, Optional, Union
 from mmdet.evaluation import DumpDetResults
 from mmengine.config import Config
 from mmengine.model import is_model_wrapper
+from soma.apis.inference import without_annotations
 from soma.apis.launch import (amp_autocast, check_data_roots, config_keys_named, cpu_threads,
                               leaf_datasets, load_config, run_cli, set_work_dir, setup_launcher)
 from soma.checkpoints import load_soma_checkpoint
@@ -99,24 +100,10 @@ def _enable_visualization(cfg, args, config_path):
             cfg.visualizer['save_dir'] = args.show_dir
 
 
-def _drop_annotations(pipeline):
-    """``pipeline`` without ``LoadAnnotations`` (also inside ``TestTimeAug``)."""
-    kept = []
-    for t in pipeline:
-        if t.get('type') == 'LoadAnnotations':
-            continue
-        if t.get('type') == 'TestTimeAug':
-            groups = [[a for a in group if a.get('type') != 'LoadAnnotations']
-                      for group in t['transforms']]
-            t['transforms'] = [g for g in groups if g]
-        kept.append(t)
-    return kept
-
-
 def _without_labels(cfg):
     """Test without labels (``--submit``): no ``LoadAnnotations`` in the test pipelines."""
     for dataset in leaf_datasets(cfg.test_dataloader.dataset):
-        dataset['pipeline'] = _drop_annotations(dataset.get('pipeline') or [])
+        dataset['pipeline'] = without_annotations(dataset.get('pipeline') or [])
 
 
 def build_test_config(args: argparse.Namespace) -> Config:
