@@ -41,11 +41,14 @@ def unique_visualizer_name(cfg: Config) -> Config:
 
     mmengine visualizers are named singletons: a second Runner in the same process (the
     demo trains then tests; tests run many) would otherwise get the first one back, with
-    its ``save_dir``, and write images and scalars into the first run's folder.
+    its ``save_dir``, and write images and scalars into the first run's folder. A config
+    without a visualizer gets mmengine's default one (named after the config file and the
+    second the run started: two runs of one config in one second shared it), named so too.
     """
-    if cfg.get('visualizer'):
-        name = cfg.visualizer.get('name', 'visualizer')
-        cfg.visualizer['name'] = f'{name}_{uuid.uuid4().hex[:8]}'
+    if not cfg.get('visualizer'):
+        cfg.visualizer = dict(type='Visualizer', vis_backends=[dict(type='LocalVisBackend')])
+    name = cfg.visualizer.get('name', 'visualizer')
+    cfg.visualizer['name'] = f'{name}_{uuid.uuid4().hex[:8]}'
     return cfg
 
 

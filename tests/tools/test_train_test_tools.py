@@ -161,3 +161,28 @@ def test_bad_input_gives_one_line_errors(data_root, trained, tmp_path, capsys):
     assert 'none.pth' in err
     err = _cli_error(capsys, train_api.main, [str(tmp_path / 'none.py')])
     assert 'none.py' in err
+
+
+def test_two_runs_of_one_config_in_one_second_get_their_own_visualizer(tmp_path, monkeypatch):
+    """mmengine names a config's default visualizer after the config file and the second the
+    run started: a second run in the same second got the first one back, whose ``vis_data``
+    folder the first run's clean-up had removed (a bad input: TidyRunner), and failed."""
+    import shutil
+    import time
+
+    from mmengine.runner import Runner
+
+    from soma.apis.launch import load_config
+    real_strftime = time.strftime
+    monkeypatch.setattr(time, 'strftime', lambda fmt, *args: '20000101_000000'
+                        if fmt == '%Y%m%d_%H%M%S' else real_strftime(fmt, *args))
+    config = osp.join(osp.dirname(__file__), 'tiny_seg_config.py')  # it names no visualizer
+    log_dirs = []
+    for _ in range(2):
+        cfg = load_config(config)
+        cfg.work_dir = str(tmp_path / 'w')
+        runner = Runner.from_cfg(cfg)
+        assert osp.isfile(osp.join(runner.log_dir, 'vis_data', 'config.py'))
+        log_dirs.append(runner.log_dir)
+        shutil.rmtree(runner.log_dir)  # as TidyRunner removes a run a bad input stopped
+    assert log_dirs[0] == log_dirs[1]  # the same second indeed
