@@ -27,10 +27,10 @@ from mmengine.registry import build_from_cfg
 from soma.utils.cli import USER_ERRORS, one_line, prefix_error, run_cli
 
 __all__ = ['as_config', 'load_config', 'set_work_dir', 'setup_launcher', 'launch_rank',
-           'leaf_datasets', 'check_data_roots', 'check_max_iters', 'set_max_iters',
-           'cpu_thread_count', 'cpu_threads', 'run_cli', 'unique_visualizer_name', 'amp_dtype',
-           'enable_amp', 'amp_autocast', 'CONFIG_SUFFIXES', 'config_key_at_fault',
-           'config_keys_named']
+           'leaf_datasets', 'check_data_roots', 'check_max_iters', 'param_schedulers',
+           'set_max_iters', 'cpu_thread_count', 'cpu_threads', 'run_cli',
+           'unique_visualizer_name', 'amp_dtype', 'enable_amp', 'amp_autocast',
+           'CONFIG_SUFFIXES', 'config_key_at_fault', 'config_keys_named']
 
 # the config files mmengine reads
 CONFIG_SUFFIXES = ('.py', '.json', '.yaml', '.yml')
@@ -204,6 +204,12 @@ def launch_rank() -> int:
     return 0
 
 
+def param_schedulers(cfg: Config) -> list:
+    """The config's ``param_scheduler`` as a list (mmengine takes one dict or a list)."""
+    schedulers = cfg.get('param_scheduler') or []
+    return [schedulers] if isinstance(schedulers, dict) else list(schedulers)
+
+
 def check_max_iters(max_iters: Optional[int], name: str = 'max_iters') -> Optional[int]:
     """``max_iters`` as an int >= 1 (``None`` passes through: the config's own); the error
     names it as ``name``."""
@@ -238,8 +244,7 @@ def set_max_iters(cfg: Config, max_iters: Optional[int], val: bool = True) -> Co
     def scale(n):
         return max(1, int(round(n * ratio)))
 
-    schedulers = cfg.get('param_scheduler') or []
-    for i, scheduler in enumerate([schedulers] if isinstance(schedulers, dict) else schedulers):
+    for i, scheduler in enumerate(param_schedulers(cfg)):
         if scheduler.get('by_epoch', True):
             raise ValueError(f'--iters: param_scheduler[{i}] ({scheduler.get("type")}) counts '
                              f'epochs; only by_epoch=False schedulers can be rescaled')

@@ -33,8 +33,9 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from soma.apis.launch import (check_data_roots, check_max_iters, config_keys_named,
-                              cpu_threads, enable_amp, launch_rank, load_config, run_cli,
-                              set_max_iters, set_work_dir, setup_launcher)
+                              cpu_threads, enable_amp, launch_rank, load_config,
+                              param_schedulers, run_cli, set_max_iters, set_work_dir,
+                              setup_launcher)
 from soma.engine import TidyRunner
 from soma.engine.checkpoint_hook import find_resumable_checkpoint
 from soma.utils.cli import ArgumentParser
@@ -72,8 +73,7 @@ def _warn_schedule_beyond_run(cfg):
     alone) never reaches its end values; say so."""
     max_iters = check_max_iters((cfg.get('train_cfg') or {}).get('max_iters'),
                                 'train_cfg.max_iters')
-    schedulers = cfg.get('param_scheduler') or []
-    for scheduler in [schedulers] if isinstance(schedulers, dict) else schedulers:
+    for scheduler in param_schedulers(cfg):
         end = scheduler.get('end')
         if max_iters and not scheduler.get('by_epoch', True) and end and end > max_iters:
             print_log(f'param_scheduler {scheduler.get("type")} ends at iteration {end}, after '
